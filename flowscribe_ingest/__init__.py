@@ -1,0 +1,1 @@
+"""flowscribe-ingest: Flowscribe callbacks to PostgreSQL, exactly once."""

@@ -1,0 +1,165 @@
+"""Settings, built once per process from the environment and passed down.
+
+Every setting is one field here with its environment variable, default and
+meaning; the README's configuration table lists the same (a test keeps them in
+step).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+
+
+class SettingsError(ValueError):
+    """A setting in the environment has a value we cannot use."""
+
+
+class Secrets(tuple):
+    """Callback tokens: a tuple whose repr never shows them (settings get logged)."""
+
+    def __repr__(self) -> str:
+        return f"<{len(self)} secret(s)>"
+
+    __str__ = __repr__
+
+
+def _tokens(raw: str) -> Secrets:
+    return Secrets(t.strip() for t in raw.split(",") if t.strip())
+
+
+def _positive_int(raw: str) -> int:
+    value = int(raw)
+    if value <= 0:
+        raise ValueError("must be > 0")
+    return value
+
+
+def _positive_float(raw: str) -> float:
+    value = float(raw)
+    if not value > 0:
+        raise ValueError("must be > 0")
+    return value
+
+
+def _choice(*allowed: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        if raw.lower() not in allowed:
+            raise ValueError(f"must be one of {', '.join(allowed)}")
+        return raw.lower()
+
+    return parse
+
+
+def _setting(env: str, default: Any, parse: Callable[[str], Any], doc: str) -> Any:
+    return dataclasses.field(default=default, metadata={"env": env, "parse": parse, "doc": doc})
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Settings:
+    amqp_url: str = _setting(
+        "FLOWSCRIBE_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/", str,
+        "RabbitMQ URL (aio-pika form; `?heartbeat=` etc. allowed).",
+    )
+    database_url: str = _setting(
+        "FLOWSCRIBE_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/flowscribe", str,
+        "PostgreSQL URL. `migrate` creates the database if it does not exist.",
+    )
+    callback_tokens: Secrets = _setting(
+        "FLOWSCRIBE_CALLBACK_TOKENS", Secrets(), _tokens,
+        "Comma-separated secrets accepted in the callback URL. Several may be valid at once"
+        " (rotation). The gateway refuses to start without one.",
+    )
+    gateway_host: str = _setting(
+        "FLOWSCRIBE_GATEWAY_HOST", "0.0.0.0", str, "Address the gateway listens on."
+    )
+    gateway_port: int = _setting(
+        "FLOWSCRIBE_GATEWAY_PORT", 8080, int, "Port the gateway listens on (0: any free port)."
+    )
+    max_body_bytes: int = _setting(
+        "FLOWSCRIBE_MAX_BODY_BYTES", 16 * 1024 * 1024, _positive_int,
+        "Largest callback body accepted; larger ones get 413.",
+    )
+    publish_timeout: float = _setting(
+        "FLOWSCRIBE_PUBLISH_TIMEOUT", 5.0, _positive_float,
+        "Seconds the gateway waits for the broker's confirm before answering 503.",
+    )
+    retry_after: int = _setting(
+        "FLOWSCRIBE_RETRY_AFTER", 5, _positive_int,
+        "Seconds put in `Retry-After` on a 503.",
+    )
+    batch_size: int = _setting(
+        "FLOWSCRIBE_WORKER_BATCH_SIZE", 100, _positive_int,
+        "Most callbacks a worker writes in one transaction.",
+    )
+    batch_wait: float = _setting(
+        "FLOWSCRIBE_WORKER_BATCH_WAIT", 0.05, _positive_float,
+        "Seconds a worker waits to fill a batch before writing what it has.",
+    )
+    prefetch: int = _setting(
+        "FLOWSCRIBE_WORKER_PREFETCH", 0, int,
+        "Unacked messages a worker holds (0: twice the batch size).",
+    )
+    database_retry_max_delay: float = _setting(
+        "FLOWSCRIBE_DATABASE_RETRY_MAX_DELAY", 30.0, _positive_float,
+        "Longest pause between attempts while the database is unreachable; the worker"
+        " holds its batch and retries until it is back (nothing is dead-lettered for it).",
+    )
+    shutdown_timeout: float = _setting(
+        "FLOWSCRIBE_SHUTDOWN_TIMEOUT", 30.0, _positive_float,
+        "Seconds a stopping process waits for work in hand; what is left returns to the queue.",
+    )
+    log_format: str = _setting(
+        "FLOWSCRIBE_LOG_FORMAT", "auto", _choice("auto", "json", "text"),
+        "`json` (one object per line), `text`, or `auto` (text on a terminal, else json).",
+    )
+    log_level: str = _setting(
+        "FLOWSCRIBE_LOG_LEVEL", "info", _choice("debug", "info", "warning", "error"),
+        "Least severe level logged.",
+    )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Read every setting from ``environ`` (default: ``os.environ``)."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for field in dataclasses.fields(cls):
+            env = field.metadata["env"]
+            raw = environ.get(env)
+            if raw is None or raw == "":
+                continue
+            try:
+                values[field.name] = field.metadata["parse"](raw)
+            except ValueError as e:
+                shown = "<secret>" if field.name == "callback_tokens" else repr(raw)
+                raise SettingsError(f"{env}={shown}: {e}") from None
+        values.update(overrides)
+        return cls(**values)
+
+    @property
+    def worker_prefetch(self) -> int:
+        return self.prefetch if self.prefetch > 0 else 2 * self.batch_size
+
+    def public(self) -> dict[str, Any]:
+        """The settings as they may be logged: secrets and URL passwords hidden."""
+        shown: dict[str, Any] = {}
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if field.name.endswith("_url"):
+                value = redact_url(value)
+            elif isinstance(value, Secrets):
+                value = repr(value)
+            shown[field.name] = value
+        return shown
+
+
+def redact_url(url: str) -> str:
+    """``amqp://guest:secret@host/`` -> ``amqp://guest:***@host/``."""
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, host = rest.rpartition("@")
+    if not at or ":" not in userinfo:
+        return url
+    user = userinfo.split(":", 1)[0]
+    return f"{scheme}{sep}{user}:***@{host}"

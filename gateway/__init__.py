@@ -1,0 +1,1 @@
+"""The callback gateway: authenticate, bound, publish confirmed, then answer 202."""

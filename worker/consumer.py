@@ -1,0 +1,291 @@
+"""Consume callbacks in batches: decode, write in one transaction, ack after commit.
+
+- A message that cannot be decoded is dead-lettered at once with the reason;
+  the rest of its batch goes on.
+- A batch the database refuses because of one message's data is split in
+  halves until that message stands alone; it is dead-lettered with the
+  database's error and the rest commits.
+- A database that cannot be reached is nobody's fault: the batch is held and
+  retried with growing pauses until the database is back. The worker takes no
+  new work meanwhile (prefetch is full), so nothing is dead-lettered for it.
+- On stop: cancel the consumer, land what is in hand within the shutdown
+  timeout, and close; anything not acked by then is redelivered by the broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import hashlib
+import logging
+import os
+import socket
+import time
+import uuid
+from collections import Counter
+
+import asyncpg
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
+
+from flowscribe_ingest.amqp import BrokerSession, BrokerUnavailable
+from flowscribe_ingest.settings import Settings
+from schemas import topology
+from schemas.topology import Topology
+from worker.dead_letter import dead_letter
+from worker.decoding import PayloadDecodeError, decode_payload
+from worker.failures import Fault, classify, describe
+from worker.rows import Callback
+from worker.store import Outcome, write_batch
+
+log = logging.getLogger("worker")
+
+# How often two transactions may collide on the same batch before it is split.
+MAX_CONFLICT_RETRIES = 5
+
+
+class InvalidMessage(Exception):
+    """The message's properties are not those the gateway sets (not the body's fault)."""
+
+
+def to_callback(message: AbstractIncomingMessage) -> Callback:
+    """Check the message's properties and decode its body; raises on either."""
+    try:
+        callback_id = uuid.UUID(message.message_id or "")
+    except ValueError:
+        raise InvalidMessage(f"message_id {message.message_id!r} is not a UUID") from None
+    headers = message.headers or {}
+    received_at = _received_at(headers.get(topology.HEADER_RECEIVED_AT), message.timestamp)
+    body = message.body
+    digest = hashlib.sha256(body).hexdigest()
+    claimed = headers.get(topology.HEADER_BODY_SHA256)
+    if claimed is not None and claimed != digest:
+        raise InvalidMessage("the body does not match its SHA-256 header (corrupted on the way)")
+    payload = decode_payload(body, message.content_type)
+    return Callback(callback_id, received_at, message.content_type or "", digest, body, payload)
+
+
+def _received_at(header: object, timestamp: datetime.datetime | None) -> datetime.datetime:
+    if isinstance(header, str):
+        try:
+            value = datetime.datetime.fromisoformat(header)
+        except ValueError:
+            raise InvalidMessage(f"{topology.HEADER_RECEIVED_AT} {header!r} is not a timestamp") from None
+    elif timestamp is not None:
+        value = timestamp  # whole seconds only: a message not published by our gateway
+    else:
+        raise InvalidMessage(f"message has neither {topology.HEADER_RECEIVED_AT} nor a timestamp")
+    return value if value.tzinfo is not None else value.replace(tzinfo=datetime.UTC)
+
+
+class Worker:
+    """Batches deliveries from one queue and lands them; see the module docstring."""
+
+    def __init__(self, settings: Settings, pool: asyncpg.Pool) -> None:
+        self._settings = settings
+        self._pool = pool
+        self._inbox: asyncio.Queue[AbstractIncomingMessage | None] = asyncio.Queue()
+        self._consumer: tuple[AbstractQueue, str] | None = None
+        self._broker: BrokerSession | None = None
+        self._stopping = False
+        self._give_up_at = float("inf")
+        self.name = f"worker@{socket.gethostname()}:{os.getpid()}"
+        self.outcomes: Counter[str] = Counter()  # totals since start, for tests and logs
+
+    def use_broker(self, broker: BrokerSession) -> None:
+        self._broker = broker
+
+    async def attach(self, channel: AbstractChannel, declared: Topology) -> None:
+        """Start consuming on a (new) channel; called by the broker session on every connect."""
+        if self._stopping:
+            return
+        tag = await declared.callback_queue.consume(self._inbox.put)
+        self._consumer = (declared.callback_queue, tag)
+        log.info("consuming", extra={"queue": topology.CALLBACK_QUEUE})
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Work until ``stop`` is set, then land what is in hand and return."""
+        wake = asyncio.create_task(self._wake_on(stop))
+        try:
+            while not stop.is_set():
+                batch = await self._collect()
+                if batch:
+                    await self._process(batch)
+        finally:
+            wake.cancel()
+        await self._shutdown()
+
+    async def _wake_on(self, stop: asyncio.Event) -> None:
+        await stop.wait()
+        self._inbox.put_nowait(None)  # unblocks _collect
+
+    async def _collect(self) -> list[AbstractIncomingMessage]:
+        """The next batch: wait for one message, then take more until full or the wait is over."""
+        first = await self._inbox.get()
+        if first is None:
+            return []
+        batch = [first]
+        deadline = time.monotonic() + self._settings.batch_wait
+        while len(batch) < self._settings.batch_size:
+            try:
+                message = self._inbox.get_nowait()
+            except asyncio.QueueEmpty:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                try:
+                    message = await asyncio.wait_for(self._inbox.get(), remaining)
+                except TimeoutError:
+                    break
+            if message is None:
+                break
+            batch.append(message)
+        return batch
+
+    async def _shutdown(self) -> None:
+        self._stopping = True
+        self._give_up_at = time.monotonic() + self._settings.shutdown_timeout
+        if self._consumer is not None:
+            queue, tag = self._consumer
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(queue.cancel(tag), 2.0)
+        in_hand = 0
+        while not self._inbox.empty():
+            batch = [m for m in self._drain(self._settings.batch_size) if m is not None]
+            in_hand += len(batch)
+            if batch and time.monotonic() < self._give_up_at:
+                await self._process(batch)
+        log.info("worker stopped", extra={"landed_on_stop": in_hand, **self.outcomes})
+
+    def _drain(self, limit: int) -> list[AbstractIncomingMessage | None]:
+        taken: list[AbstractIncomingMessage | None] = []
+        while len(taken) < limit and not self._inbox.empty():
+            taken.append(self._inbox.get_nowait())
+        return taken
+
+    async def _process(self, batch: list[AbstractIncomingMessage]) -> None:
+        messages: dict[uuid.UUID, AbstractIncomingMessage] = {}
+        callbacks: list[Callback] = []
+        for message in batch:
+            if message.channel.is_closed:
+                continue  # its channel died: the broker redelivers it elsewhere
+            try:
+                callback = to_callback(message)
+            except (PayloadDecodeError, InvalidMessage) as e:
+                stage = "decode" if isinstance(e, PayloadDecodeError) else "validate"
+                await self._dead_letter(message, stage, e)
+                continue
+            if callback.id in messages:
+                # The same message twice in hand (redelivered after a reconnect): land it once.
+                self.outcomes[Outcome.REDELIVERED.value] += 1
+                await self._ack(message)
+                continue
+            messages[callback.id] = message
+            callbacks.append(callback)
+        if callbacks:
+            await self._land(callbacks, messages)
+
+    async def _land(
+        self, callbacks: list[Callback], messages: dict[uuid.UUID, AbstractIncomingMessage]
+    ) -> None:
+        delay = 0.1
+        conflicts = 0
+        while True:
+            started = time.perf_counter()
+            try:
+                async with self._pool.acquire(timeout=10) as conn:
+                    result = await write_batch(conn, callbacks)
+            except Exception as e:  # noqa: BLE001 - classified below, nothing escapes
+                fault = classify(e)
+                if fault is Fault.UNAVAILABLE:
+                    if time.monotonic() >= self._give_up_at:
+                        log.warning("database unavailable at shutdown: leaving batch to redelivery",
+                                    extra={"messages": len(callbacks)})
+                        return
+                    log.warning("database unavailable: holding batch",
+                                extra={"messages": len(callbacks), "reason": describe(e), "retry_in": delay})
+                    await asyncio.sleep(min(delay, max(0.0, self._give_up_at - time.monotonic())))
+                    delay = min(delay * 2, self._settings.database_retry_max_delay)
+                    continue
+                if fault is Fault.CONFLICT and conflicts < MAX_CONFLICT_RETRIES:
+                    conflicts += 1
+                    await asyncio.sleep(0.05 * conflicts)
+                    continue
+                if len(callbacks) == 1:
+                    await self._dead_letter(messages[callbacks[0].id], "database", e)
+                    return
+                # Find the message the database refused: split and land each half.
+                half = len(callbacks) // 2
+                await self._land(callbacks[:half], messages)
+                await self._land(callbacks[half:], messages)
+                return
+            break
+        for callback in callbacks:
+            outcome = result.outcomes[callback.id]
+            self.outcomes[outcome.value] += 1
+            await self._ack(messages[callback.id])
+            log.info(
+                "callback stored",
+                extra={
+                    "message_id": str(callback.id),
+                    "analysis_id": str(callback.analysis.ID) if callback.analysis else None,
+                    "outcome": outcome.value,
+                },
+            )
+        log.info(
+            "batch committed",
+            extra={
+                "messages": len(callbacks),
+                "ms": round((time.perf_counter() - started) * 1000, 1),
+                "rows": sum(result.rows.values()),
+                "ingested": sum(1 for o in result.outcomes.values() if o is Outcome.INGESTED),
+            },
+        )
+
+    async def _ack(self, message: AbstractIncomingMessage) -> None:
+        try:
+            await message.ack()
+        except Exception as e:  # noqa: BLE001
+            # The channel is gone: the broker redelivers the message, and the
+            # store recognises it by its id, so it still lands exactly once.
+            log.warning("ack failed; the message will be redelivered",
+                        extra={"message_id": message.message_id, "reason": describe(e)})
+
+    async def _dead_letter(self, message: AbstractIncomingMessage, stage: str, exc: BaseException) -> None:
+        reason = describe(exc)
+        try:
+            if self._broker is None:
+                raise BrokerUnavailable("no broker session")
+            _channel, declared = self._broker.usable()
+            await dead_letter(
+                declared, message, stage=stage, error=reason, error_class=type(exc).__name__,
+                by=self.name, timeout=self._settings.publish_timeout,
+            )
+        except Exception as e:  # noqa: BLE001
+            # Not confirmed into the dead-letter queue: return the original to the
+            # queue rather than risk losing it. Should this keep failing, the
+            # queue's delivery limit hands it to the broker's own dead-lettering.
+            log.error("dead-lettering failed; the message goes back to the queue",
+                      extra={"message_id": message.message_id, "reason": describe(e)})
+            with contextlib.suppress(Exception):
+                await message.nack(requeue=True)
+            return
+        self.outcomes["dead_lettered"] += 1
+        log.warning("callback dead-lettered",
+                    extra={"message_id": message.message_id, "stage": stage, "reason": reason})
+
+
+async def run_worker(settings: Settings, stop: asyncio.Event) -> Worker:
+    """Run one worker until ``stop`` is set; returns it (with its counters) once stopped."""
+    async with asyncpg.create_pool(
+        settings.database_url, min_size=0, max_size=2, command_timeout=60
+    ) as pool:
+        worker = Worker(settings, pool)
+        async with BrokerSession(
+            settings.amqp_url, "worker", prefetch=settings.worker_prefetch, on_ready=worker.attach
+        ) as broker:
+            worker.use_broker(broker)
+            log.info("worker started", extra={"batch_size": settings.batch_size,
+                                              "prefetch": settings.worker_prefetch})
+            await worker.run(stop)
+    return worker

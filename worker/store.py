@@ -1,0 +1,214 @@
+"""Write a batch of callbacks in one transaction, converging whatever the delivery order.
+
+Per batch, inside one transaction:
+
+1. Take transaction-scoped advisory locks on every key the batch touches
+   (message ids, body digests, analysis ids, job ids), in sorted order. Two
+   workers holding versions of the same analysis, or the same body, serialise
+   here; the sorted order rules out deadlocks between our own transactions.
+2. Read what is already stored for those keys.
+3. Decide each callback's outcome in version order, in memory:
+   - a message id already stored: a redelivery; nothing is written;
+   - a body already stored (the vendor retrying): ``duplicate``;
+   - Flowscribe reports failure or sent no analysis: ``job_failed``;
+   - newer than the stored version of its analysis (or the first): ``ingested``,
+     replacing every row of that analysis;
+   - older than the stored version: ``superseded``, nothing of it is written.
+4. Write with bulk operations only: one DELETE per table for replaced analyses,
+   one COPY per table for new rows, one upsert for jobs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import hashlib
+import uuid
+
+import asyncpg
+
+from worker.rows import (
+    ANALYSIS_COLUMNS,
+    CALLBACK_COLUMNS,
+    CHILD_COLUMNS,
+    Callback,
+    analysis_row,
+    child_rows,
+)
+
+SCHEMA = "flowscribe"
+
+
+class Outcome(enum.StrEnum):
+    INGESTED = "ingested"
+    DUPLICATE = "duplicate"  # same body as a callback already stored
+    SUPERSEDED = "superseded"  # a newer version of the analysis is stored
+    JOB_FAILED = "job_failed"
+    REDELIVERED = "redelivered"  # this very message was stored before; no row is written
+
+
+@dataclasses.dataclass(slots=True)
+class BatchResult:
+    outcomes: dict[uuid.UUID, Outcome]  # by callback id
+    rows: dict[str, int]  # rows written per table
+
+
+def _lock_key(kind: str, value: object) -> int:
+    digest = hashlib.blake2b(f"{kind}:{value}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+def lock_keys(callbacks: list[Callback]) -> list[int]:
+    keys: set[int] = set()
+    for cb in callbacks:
+        keys.add(_lock_key("message", cb.id))
+        keys.add(_lock_key("body", cb.body_sha256))
+        if cb.analysis is not None:
+            keys.add(_lock_key("analysis", cb.analysis.ID))
+        if cb.job_id is not None:
+            keys.add(_lock_key("job", cb.job_id))
+    return sorted(keys)
+
+
+async def write_batch(conn: asyncpg.Connection, callbacks: list[Callback]) -> BatchResult:
+    """Decide and write ``callbacks`` in one transaction; nothing is written if it raises."""
+    async with conn.transaction():
+        await conn.execute(
+            "SELECT count(pg_advisory_xact_lock(k))"
+            " FROM (SELECT k FROM unnest($1::bigint[]) AS k ORDER BY k) AS keys",
+            lock_keys(callbacks),
+        )
+        stored_ids = {
+            r[0]
+            for r in await conn.fetch(
+                f"SELECT id FROM {SCHEMA}.callbacks WHERE id = ANY($1::uuid[])",
+                [cb.id for cb in callbacks],
+            )
+        }
+        stored_bodies = {
+            r[0]
+            for r in await conn.fetch(
+                f"SELECT DISTINCT body_sha256 FROM {SCHEMA}.callbacks WHERE body_sha256 = ANY($1::text[])",
+                list({cb.body_sha256 for cb in callbacks}),
+            )
+        }
+        analysis_ids = list({cb.analysis.ID for cb in callbacks if cb.analysis is not None})
+        stored_versions = {
+            r["id"]: (r["received_at"], r["callback_id"])
+            for r in await conn.fetch(
+                f"SELECT id, received_at, callback_id FROM {SCHEMA}.analyses WHERE id = ANY($1::uuid[])",
+                analysis_ids,
+            )
+        }
+        plan = _decide(callbacks, stored_ids, stored_bodies, stored_versions)
+        rows = await _write(conn, plan, set(stored_versions))
+    return BatchResult(plan.outcomes, rows)
+
+
+@dataclasses.dataclass(slots=True)
+class _Plan:
+    outcomes: dict[uuid.UUID, Outcome] = dataclasses.field(default_factory=dict)
+    ledger: list[Callback] = dataclasses.field(default_factory=list)  # rows for `callbacks`
+    winners: dict[uuid.UUID, Callback] = dataclasses.field(default_factory=dict)  # by analysis id
+    jobs: dict[uuid.UUID, Callback] = dataclasses.field(default_factory=dict)  # newest by job id
+
+
+def _decide(
+    callbacks: list[Callback],
+    stored_ids: set[uuid.UUID],
+    stored_bodies: set[str],
+    stored_versions: dict[uuid.UUID, tuple[object, uuid.UUID]],
+) -> _Plan:
+    plan = _Plan()
+    seen_ids = set(stored_ids)
+    seen_bodies = set(stored_bodies)
+    versions = dict(stored_versions)
+    for cb in sorted(callbacks, key=lambda c: c.version):
+        if cb.id in seen_ids:
+            plan.outcomes[cb.id] = Outcome.REDELIVERED
+            continue
+        seen_ids.add(cb.id)
+        plan.ledger.append(cb)
+        if cb.body_sha256 in seen_bodies:
+            plan.outcomes[cb.id] = Outcome.DUPLICATE
+            continue
+        seen_bodies.add(cb.body_sha256)
+        if cb.job_id is not None:
+            # Sorted by version: a later callback for the same job overrides.
+            plan.jobs[cb.job_id] = cb
+        if cb.job_failed:
+            plan.outcomes[cb.id] = Outcome.JOB_FAILED
+            continue
+        analysis_id = cb.analysis.ID  # type: ignore[union-attr]  # job_failed covers None
+        current = versions.get(analysis_id)
+        if current is not None and current >= cb.version:
+            plan.outcomes[cb.id] = Outcome.SUPERSEDED
+            continue
+        previous = plan.winners.get(analysis_id)
+        if previous is not None:
+            # An older version earlier in this batch never reaches the tables.
+            plan.outcomes[previous.id] = Outcome.SUPERSEDED
+        versions[analysis_id] = cb.version
+        plan.winners[analysis_id] = cb
+        plan.outcomes[cb.id] = Outcome.INGESTED
+    return plan
+
+
+async def _copy(conn: asyncpg.Connection, table: str, columns: list[str], records: list) -> int:
+    if records:
+        await conn.copy_records_to_table(
+            table, schema_name=SCHEMA, columns=columns, records=records
+        )
+    return len(records)
+
+
+async def _write(conn: asyncpg.Connection, plan: _Plan, stored: set[uuid.UUID]) -> dict[str, int]:
+    rows: dict[str, int] = {}
+    replaced = [analysis_id for analysis_id in plan.winners if analysis_id in stored]
+    if replaced:
+        for table in (*CHILD_COLUMNS, "analyses"):
+            key = "id" if table == "analyses" else "analysis_id"
+            await conn.execute(f"DELETE FROM {SCHEMA}.{table} WHERE {key} = ANY($1::uuid[])", replaced)
+
+    winners = list(plan.winners.values())
+    rows["analyses"] = await _copy(conn, "analyses", ANALYSIS_COLUMNS, [analysis_row(cb) for cb in winners])
+    for table, (attribute, columns) in CHILD_COLUMNS.items():
+        records = [row for cb in winners for row in child_rows(cb.analysis, attribute)]  # type: ignore[arg-type]
+        rows[table] = await _copy(conn, table, columns, records)
+
+    if plan.jobs:
+        jobs = list(plan.jobs.values())
+        await conn.execute(
+            f"""
+            INSERT INTO {SCHEMA}.jobs AS j (job_id, success, error_msg, analysis_id, received_at, callback_id)
+            SELECT * FROM unnest($1::uuid[], $2::boolean[], $3::text[], $4::uuid[], $5::timestamptz[], $6::uuid[])
+            ON CONFLICT (job_id) DO UPDATE SET
+                success = excluded.success, error_msg = excluded.error_msg,
+                analysis_id = excluded.analysis_id, received_at = excluded.received_at,
+                callback_id = excluded.callback_id
+            WHERE (j.received_at, j.callback_id) < (excluded.received_at, excluded.callback_id)
+            """,
+            [cb.job_id for cb in jobs],
+            [cb.payload.JobStatus.Success for cb in jobs],  # type: ignore[union-attr]
+            [cb.payload.JobStatus.ErrorMsg for cb in jobs],  # type: ignore[union-attr]
+            [cb.analysis.ID if cb.analysis is not None else None for cb in jobs],
+            [cb.received_at for cb in jobs],
+            [cb.id for cb in jobs],
+        )
+    rows["jobs"] = len(plan.jobs)
+
+    rows["callbacks"] = await _copy(
+        conn,
+        "callbacks",
+        CALLBACK_COLUMNS,
+        [
+            (
+                cb.id, cb.received_at, cb.content_type, cb.body_sha256, cb.body,
+                plan.outcomes[cb.id].value,
+                cb.analysis.ID if cb.analysis is not None else None,
+                cb.job_id,
+            )
+            for cb in plan.ledger
+        ],
+    )
+    return rows
