@@ -27,13 +27,13 @@ from flowscribe_ingest.settings import Secrets, Settings
 from gateway.app import create_app
 from schemas import topology
 from schemas.migrations import migrate
+from tests.support import TOKEN
 from worker.consumer import Worker, run_worker
 
 BASE_DATABASE_URL = os.environ.get(
     "FLOWSCRIBE_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
 BASE_AMQP_URL = os.environ.get("FLOWSCRIBE_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
-TOKEN = "test-token-" + secrets.token_urlsafe(16)
 TABLES = (
     "callbacks", "jobs", "analyses", "sentences", "sentence_entities", "sentence_intents",
     "sentence_keywords", "sentence_scorings", "sentence_topics",
@@ -90,14 +90,13 @@ def base_settings(database_url: str, amqp_url: str) -> Settings:
 
 
 @pytest.fixture(scope="session")
-async def db(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+async def _pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
     async with asyncpg.create_pool(database_url, min_size=1, max_size=4) as pool:
         yield pool
 
 
 @pytest.fixture(scope="session")
-async def broker(amqp_url: str) -> AsyncIterator[aio_pika.abc.AbstractChannel]:
-    """A plain channel of the test's own, declared topology, for inspecting queues."""
+async def _channel(amqp_url: str) -> AsyncIterator[aio_pika.abc.AbstractChannel]:
     connection = await aio_pika.connect(amqp_url)
     async with connection:
         channel = await connection.channel()
@@ -105,17 +104,25 @@ async def broker(amqp_url: str) -> AsyncIterator[aio_pika.abc.AbstractChannel]:
         yield channel
 
 
-@pytest.fixture(autouse=True)
-async def clean_state(request: pytest.FixtureRequest) -> None:
-    """Every test that uses the services starts from empty tables and queues."""
-    if "db" not in request.fixturenames and "broker" not in request.fixturenames:
-        return
-    pool: asyncpg.Pool = request.getfixturevalue("db")
-    channel = request.getfixturevalue("broker")
-    await pool.execute("TRUNCATE " + ", ".join(f"flowscribe.{t}" for t in TABLES))
+@pytest.fixture
+async def fresh(_pool: asyncpg.Pool, _channel: aio_pika.abc.AbstractChannel) -> None:
+    """Empty tables and queues: every test that uses the services starts from nothing."""
+    await _pool.execute("TRUNCATE " + ", ".join(f"flowscribe.{t}" for t in TABLES))
     for name in (topology.CALLBACK_QUEUE, topology.DEAD_LETTER_QUEUE):
-        queue = await channel.get_queue(name)
+        queue = await _channel.get_queue(name)
         await queue.purge()
+
+
+@pytest.fixture
+def db(_pool: asyncpg.Pool, fresh: None) -> asyncpg.Pool:
+    """A pool on the test run's database (tables emptied for this test)."""
+    return _pool
+
+
+@pytest.fixture
+def broker(_channel: aio_pika.abc.AbstractChannel, fresh: None) -> aio_pika.abc.AbstractChannel:
+    """A plain channel on the test run's vhost, topology declared (queues purged for this test)."""
+    return _channel
 
 
 @pytest.fixture

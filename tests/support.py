@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -13,6 +14,9 @@ JSON_SAMPLE = (SAMPLES / "vendor-sample.json").read_bytes()
 XML_SAMPLE = (SAMPLES / "vendor-sample.xml").read_bytes()
 
 T = TypeVar("T")
+
+# The callback token of this test run; tests check it never reaches a log.
+TOKEN = "test-token-" + secrets.token_urlsafe(16)
 
 
 async def eventually(

@@ -16,8 +16,7 @@ from flowscribe_ingest.settings import Settings
 from gateway.app import create_app, token_is_valid
 from gateway.server import redact_path
 from schemas import topology
-from tests.conftest import TOKEN
-from tests.support import JSON_SAMPLE, XML_SAMPLE, TcpProxy, eventually
+from tests.support import TOKEN, JSON_SAMPLE, XML_SAMPLE, TcpProxy, eventually
 
 
 def url(server: TestServer, token: str = TOKEN) -> str:

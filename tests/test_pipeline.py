@@ -13,8 +13,7 @@ import pytest
 
 from schemas import topology
 from schemas.naming import snake_case
-from tests.conftest import TOKEN
-from tests.support import JSON_SAMPLE, XML_SAMPLE, eventually
+from tests.support import TOKEN, JSON_SAMPLE, XML_SAMPLE, eventually
 
 CHILD_LISTS = {
     "ConversationSentences": "sentences",

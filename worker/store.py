@@ -53,7 +53,7 @@ class BatchResult:
     rows: dict[str, int]  # rows written per table
 
 
-def _lock_key(kind: str, value: object) -> int:
+def lock_key(kind: str, value: object) -> int:
     digest = hashlib.blake2b(f"{kind}:{value}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big", signed=True)
 
@@ -61,12 +61,12 @@ def _lock_key(kind: str, value: object) -> int:
 def lock_keys(callbacks: list[Callback]) -> list[int]:
     keys: set[int] = set()
     for cb in callbacks:
-        keys.add(_lock_key("message", cb.id))
-        keys.add(_lock_key("body", cb.body_sha256))
+        keys.add(lock_key("message", cb.id))
+        keys.add(lock_key("body", cb.body_sha256))
         if cb.analysis is not None:
-            keys.add(_lock_key("analysis", cb.analysis.ID))
+            keys.add(lock_key("analysis", cb.analysis.ID))
         if cb.job_id is not None:
-            keys.add(_lock_key("job", cb.job_id))
+            keys.add(lock_key("job", cb.job_id))
     return sorted(keys)
 
 

@@ -1,0 +1,149 @@
+"""The pieces agree with each other: Structs and tables, settings and README, compose and the CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import re
+import signal
+import sys
+from pathlib import Path
+
+import asyncpg
+import yaml
+
+from flowscribe_ingest.cli import COMMANDS
+from flowscribe_ingest.settings import Settings
+from schemas.payload import CHILD_TABLES
+from tests.support import TOKEN, eventually
+from worker.rows import ANALYSIS_COLUMNS, CALLBACK_COLUMNS, CHILD_COLUMNS
+
+ROOT = Path(__file__).parent.parent
+
+
+async def table_columns(db: asyncpg.Pool, table: str) -> list[str]:
+    rows = await db.fetch(
+        "SELECT column_name FROM information_schema.columns"
+        " WHERE table_schema = 'flowscribe' AND table_name = $1 ORDER BY ordinal_position",
+        table,
+    )
+    return [r[0] for r in rows]
+
+
+class TestSchema:
+    """Every payload field has its column, named in snake_case, in the Struct's order."""
+
+    async def test_child_tables_match_the_structs(self, db):
+        assert set(CHILD_COLUMNS) == {table for table, _ in CHILD_TABLES.values()}
+        for table, (_, columns) in CHILD_COLUMNS.items():
+            assert await table_columns(db, table) == columns
+
+    async def test_ledger_and_analyses_columns_exist(self, db):
+        assert set(CALLBACK_COLUMNS) <= set(await table_columns(db, "callbacks"))
+        assert set(ANALYSIS_COLUMNS) == set(await table_columns(db, "analyses"))
+
+    async def test_migrate_is_idempotent(self, database_url):
+        from schemas.migrations import migrate
+
+        assert await migrate(database_url) == []
+
+
+class TestSettingsAreDocumented:
+    """The README's configuration table lists exactly the settings the code reads."""
+
+    def test_every_variable_is_in_the_readme(self):
+        readme = (ROOT / "README.md").read_text()
+        documented = set(re.findall(r"^\| `(FLOWSCRIBE_[A-Z_]+)` \|", readme, re.MULTILINE))
+        read = {f.metadata["env"] for f in dataclasses.fields(Settings)}
+        assert documented == read
+
+    def test_bad_values_are_refused_with_the_variable_named(self):
+        import pytest
+
+        from flowscribe_ingest.settings import SettingsError
+
+        with pytest.raises(SettingsError, match="FLOWSCRIBE_WORKER_BATCH_SIZE"):
+            Settings.from_env({"FLOWSCRIBE_WORKER_BATCH_SIZE": "0"})
+        secret = Settings.from_env({"FLOWSCRIBE_CALLBACK_TOKENS": "a, b,,c"})
+        assert tuple(secret.callback_tokens) == ("a", "b", "c")
+        assert "a" not in repr(secret.callback_tokens)
+
+    def test_public_settings_hide_secrets(self):
+        shown = Settings.from_env({"FLOWSCRIBE_CALLBACK_TOKENS": "s3cret-token",
+                                   "FLOWSCRIBE_AMQP_URL": "amqp://u:hunter2@mq/"}).public()
+        assert "s3cret-token" not in repr(shown) and "hunter2" not in repr(shown)
+
+
+class TestCompose:
+    """compose.yaml (which cannot run here) is well-formed and runs real entry points."""
+
+    def test_services_and_commands(self):
+        compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
+        services = compose["services"]
+        assert {"rabbitmq", "postgres", "migrate", "gateway", "worker"} <= set(services)
+        for name in ("migrate", "gateway", "worker"):
+            command = services[name]["command"]
+            assert command[0] in COMMANDS, name
+            assert services[name]["image"] == "flowscribe-ingest:latest"
+        assert services["worker"]["deploy"]["replicas"] >= 1
+        assert services["gateway"]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+        for name in ("rabbitmq", "postgres", "gateway"):
+            assert "healthcheck" in services[name], name
+
+    def test_dockerfile_entrypoint_is_the_console_script(self):
+        dockerfile = (ROOT / "Dockerfile").read_text()
+        assert 'ENTRYPOINT ["flowscribe-ingest"]' in dockerfile
+        pyproject = (ROOT / "pyproject.toml").read_text()
+        assert 'flowscribe-ingest = "flowscribe_ingest.cli:main"' in pyproject
+
+
+class TestGatewayProcess:
+    """The gateway command serves, logs without the token, and stops cleanly on SIGTERM."""
+
+    async def test_serve_and_stop(self, settings, http):
+        env = {**os.environ, "FLOWSCRIBE_AMQP_URL": settings.amqp_url,
+               "FLOWSCRIBE_DATABASE_URL": settings.database_url,
+               "FLOWSCRIBE_CALLBACK_TOKENS": TOKEN, "FLOWSCRIBE_GATEWAY_HOST": "127.0.0.1",
+               "FLOWSCRIBE_GATEWAY_PORT": "0", "FLOWSCRIBE_LOG_FORMAT": "json"}
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "flowscribe_ingest.cli", "gateway", env=env,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        )
+        lines: list[str] = []
+
+        async def collect() -> None:
+            async for line in process.stdout:
+                lines.append(line.decode())
+
+        reader = asyncio.create_task(collect())
+        try:
+            import json
+
+            def port() -> int | None:
+                for line in lines:
+                    entry = json.loads(line)
+                    if entry["event"] == "gateway listening":
+                        return entry["port"]
+                return None
+
+            listening = await eventually(lambda: _async(port()), what="the gateway to listen")
+            base = f"http://127.0.0.1:{listening}"
+            for token in (TOKEN, "wrong-token"):
+                async with http.post(f"{base}/flowscribe/callback/{token}", data=b"{}",
+                                     headers={"Content-Type": "application/json"}) as r:
+                    assert r.status in (202, 401)
+            process.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(process.wait(), 30) == 0
+            await reader
+        finally:
+            if process.returncode is None:
+                process.kill()
+        output = "".join(lines)
+        assert TOKEN not in output and "wrong-token" not in output
+        assert "/flowscribe/callback/<redacted>" in output
+        assert '"event": "gateway stopped"' in output
+
+
+async def _async(value):
+    return value

@@ -1,0 +1,228 @@
+"""The worker: poison goes to the dead-letter queue with its reason, good neighbours land,
+a database outage dead-letters nothing, and stopping loses nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import signal
+import sys
+import uuid
+
+import aio_pika
+import asyncpg
+import pytest
+
+from schemas import topology
+from tests.support import JSON_SAMPLE, XML_SAMPLE, TcpProxy, eventually
+from tests.test_pipeline import T0, publish_as_gateway, versioned
+from worker.store import lock_key
+
+
+async def dead_letters(channel: aio_pika.abc.AbstractChannel) -> list[aio_pika.abc.AbstractIncomingMessage]:
+    """Everything in the dead-letter queue (read and acked: the test owns the vhost)."""
+    queue = await channel.get_queue(topology.DEAD_LETTER_QUEUE)
+    found = []
+    while (message := await queue.get(fail=False, no_ack=True)) is not None:
+        found.append(message)
+    return found
+
+
+async def queue_depth(channel: aio_pika.abc.AbstractChannel, name: str = topology.CALLBACK_QUEUE) -> int:
+    queue = await channel.declare_queue(name, passive=True)
+    return queue.declaration_result.message_count
+
+
+async def stored(db: asyncpg.Pool) -> int:
+    return await db.fetchval("SELECT count(*) FROM flowscribe.callbacks")
+
+
+class TestPoison:
+    """A message that cannot be landed is dead-lettered with the reason; its batch still lands."""
+
+    async def test_undecodable_messages_are_dead_lettered_and_neighbours_land(self, db, broker, start_worker):
+        good = [await publish_as_gateway(broker, versioned(1, analysis_id=str(uuid.uuid4())), received_at=T0)
+                for _ in range(3)]
+        bad_json = await publish_as_gateway(broker, b'{"Success": tru', received_at=T0)
+        bad_xml = await publish_as_gateway(broker, b"<PayLoadSample><Success>true</Succ", received_at=T0,
+                                           content_type="application/xml")
+        wrong_type = await publish_as_gateway(broker, b'{"ConversationAnalysisModel": {"ID": 5}}', received_at=T0)
+        good.append(await publish_as_gateway(broker, XML_SAMPLE, received_at=T0, content_type="text/xml"))
+        start_worker(batch_size=50, batch_wait=0.5)  # all of them in one batch
+
+        await eventually(lambda: _count_is(db, len(good)), what="the good callbacks")
+        letters = {m.message_id: m for m in await eventually(lambda: _dead_letters_n(broker, 3))}
+        assert set(letters) == {bad_json, bad_xml, wrong_type}
+        for message_id, message in letters.items():
+            headers = message.headers
+            assert headers[topology.HEADER_ERROR_STAGE] == "decode"
+            assert headers[topology.HEADER_ERROR_CLASS] == "PayloadDecodeError"
+            assert headers[topology.HEADER_ERROR].startswith("PayloadDecodeError: ")
+            assert headers[topology.HEADER_DEAD_LETTERED_AT]
+            # The original body and properties travel with it.
+            assert message.message_id == message_id
+            assert topology.HEADER_RECEIVED_AT in headers
+            assert message.delivery_mode == aio_pika.DeliveryMode.PERSISTENT
+        assert "ConversationAnalysisModel.ID" in letters[wrong_type].headers[topology.HEADER_ERROR]
+        assert letters[bad_json].body == b'{"Success": tru'
+        assert await queue_depth(broker) == 0
+
+    async def test_a_message_without_gateway_properties_is_dead_lettered(self, db, broker, start_worker):
+        exchange = await broker.get_exchange(topology.CALLBACK_EXCHANGE)
+        await exchange.publish(aio_pika.Message(JSON_SAMPLE, content_type="application/json"),
+                               routing_key=topology.CALLBACK_ROUTING_KEY)
+        start_worker()
+        [letter] = await eventually(lambda: _dead_letters_n(broker, 1))
+        assert letter.headers[topology.HEADER_ERROR_STAGE] == "validate"
+        assert letter.headers[topology.HEADER_ERROR].startswith("InvalidMessage: message has neither")
+
+    async def test_a_row_the_database_refuses_is_isolated(self, db, broker, start_worker):
+        # A constraint only this test adds: the database, not the decoder, refuses one message.
+        await db.execute("ALTER TABLE flowscribe.sentences ADD CONSTRAINT test_refuse"
+                         " CHECK (sentence IS DISTINCT FROM 'refused by the database')")
+        try:
+            ids = []
+            for i in range(9):
+                body = versioned(1, analysis_id=str(uuid.uuid4()))
+                if i == 4:
+                    body = body.replace(b"v1 s0", b"refused by the database")
+                ids.append(await publish_as_gateway(broker, body, received_at=T0))
+            start_worker(batch_size=50, batch_wait=0.5)
+            [letter] = await eventually(lambda: _dead_letters_n(broker, 1))
+            await eventually(lambda: _count_is(db, 8), what="the eight good callbacks")
+        finally:
+            await db.execute("ALTER TABLE flowscribe.sentences DROP CONSTRAINT test_refuse")
+        assert letter.message_id == ids[4]
+        assert letter.headers[topology.HEADER_ERROR_STAGE] == "database"
+        assert letter.headers[topology.HEADER_ERROR_CLASS] == "CheckViolationError"
+        assert "test_refuse" in letter.headers[topology.HEADER_ERROR]
+        assert await db.fetchval("SELECT count(*) FROM flowscribe.callbacks WHERE id = $1", uuid.UUID(ids[4])) == 0
+
+
+class TestDatabaseOutage:
+    """An unreachable database is not the message's fault: nothing is dead-lettered, all lands later."""
+
+    async def test_messages_wait_for_the_database_and_then_land(self, db, broker, settings, start_worker):
+        proxy = TcpProxy("127.0.0.1", 5432)
+        await proxy.open()
+        await proxy.close()  # the database is "down" from the worker's side
+        ids = [await publish_as_gateway(broker, versioned(1, analysis_id=str(uuid.uuid4())), received_at=T0)
+               for _ in range(5)]
+        worker = start_worker(database_url=proxy.url(settings.database_url), database_retry_max_delay=0.2)
+        try:
+            # The worker takes the messages and holds them: none is acked, none dead-lettered.
+            await eventually(lambda: _depth_is(broker, 0), what="the worker to take the messages")
+            assert await stored(db) == 0
+            assert await dead_letters(broker) == []
+            await proxy.open()
+            await eventually(lambda: _count_is(db, 5), what="the callbacks after the database came back")
+        finally:
+            await worker.stop()
+            await proxy.close()
+        assert await dead_letters(broker) == []
+        outcomes = [r[0] for r in await db.fetch("SELECT outcome FROM flowscribe.callbacks")]
+        assert outcomes == ["ingested"] * 5
+
+
+class TestGracefulShutdown:
+    """SIGTERM: stop consuming, commit the batch in hand, ack, exit 0; nothing lost or doubled."""
+
+    async def test_sigterm_with_a_batch_in_flight(self, db, broker, settings):
+        ids = [await publish_as_gateway(broker, versioned(1, analysis_id=str(uuid.uuid4())), received_at=T0)
+               for _ in range(30)]
+        # Hold one of the keys the worker's first batch will lock: its transaction blocks mid-flight.
+        blocker = await db.acquire()
+        tx = blocker.transaction()
+        await tx.start()
+        key = _first_lock_key(ids[0])
+        await blocker.execute("SELECT pg_advisory_xact_lock($1)", key)
+
+        env = {**os.environ, **_env(settings), "FLOWSCRIBE_WORKER_BATCH_SIZE": "10",
+               "FLOWSCRIBE_WORKER_PREFETCH": "10", "FLOWSCRIBE_WORKER_BATCH_WAIT": "0.5"}
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "flowscribe_ingest.cli", "worker", env=env,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        )
+        lines: list[str] = []
+
+        async def collect() -> None:
+            async for line in process.stdout:
+                lines.append(line.decode())
+
+        reader = asyncio.create_task(collect())
+        try:
+            await eventually(lambda: _waiting_on_lock(db), what="the worker's batch to block on the lock")
+            process.send_signal(signal.SIGTERM)
+            await eventually(lambda: _said(lines, "stop requested"), what="the worker to take the signal")
+            assert process.returncode is None  # it does not abandon the batch in hand
+            await tx.rollback()
+            await db.release(blocker)
+            blocker = None
+            await asyncio.wait_for(process.wait(), 30)
+            await reader
+        finally:
+            if blocker is not None:
+                await tx.rollback()
+                await db.release(blocker)
+            if process.returncode is None:
+                process.kill()
+        output = "".join(lines).encode()
+        log = output.decode()
+        assert process.returncode == 0, log
+        assert "stop requested" in log and "worker stopped" in log
+        landed = await stored(db)
+        assert landed >= 10  # the blocked batch was committed, not dropped
+        # Everything else is still queued (returned unacked), nothing is lost:
+        assert landed + await _depth_when_settled(broker) == 30
+
+
+def _first_lock_key(message_id: str) -> int:
+    return lock_key("message", uuid.UUID(message_id))
+
+
+def _env(settings) -> dict[str, str]:
+    return {
+        "FLOWSCRIBE_AMQP_URL": settings.amqp_url,
+        "FLOWSCRIBE_DATABASE_URL": settings.database_url,
+        "FLOWSCRIBE_CALLBACK_TOKENS": ",".join(settings.callback_tokens),
+        "FLOWSCRIBE_LOG_FORMAT": "json",
+    }
+
+
+async def _waiting_on_lock(db: asyncpg.Pool) -> bool:
+    return bool(await db.fetchval(
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+        " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+    ))
+
+
+async def _depth_when_settled(broker) -> int:
+    # Unacked messages return to the queue when the worker's connection closes.
+    async def settled():
+        queue = await broker.declare_queue(topology.CALLBACK_QUEUE, passive=True)
+        result = queue.declaration_result
+        return (result.message_count,) if result.consumer_count == 0 else None
+    (depth,) = await eventually(settled, what="the worker's connection to close")
+    return depth
+
+
+async def _said(lines: list[str], text: str) -> bool:
+    return any(text in line for line in lines)
+
+
+async def _count_is(db: asyncpg.Pool, n: int) -> bool:
+    count = await stored(db)
+    assert count <= n, f"{count} callbacks stored, expected {n}"
+    return count == n
+
+
+async def _depth_is(broker, n: int) -> bool:
+    return await queue_depth(broker) == n
+
+
+async def _dead_letters_n(broker, n: int):
+    queue = await broker.declare_queue(topology.DEAD_LETTER_QUEUE, passive=True)
+    if queue.declaration_result.message_count < n:
+        return None
+    return await dead_letters(broker)
