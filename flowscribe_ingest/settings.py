@@ -102,6 +102,11 @@ class Settings:
         "FLOWSCRIBE_WORKER_PREFETCH", 0, int,
         "Unacked messages a worker holds (0: twice the batch size).",
     )
+    max_attempts: int = _setting(
+        "FLOWSCRIBE_MAX_ATTEMPTS", 5, _positive_int,
+        "Write attempts per callback for transient database failures (serialization, deadlock)"
+        " before it is dead-lettered as exhausted; waits between attempts grow: 1 s, 5 s, 30 s, 2 min, 10 min.",
+    )
     database_retry_max_delay: float = _setting(
         "FLOWSCRIBE_DATABASE_RETRY_MAX_DELAY", 30.0, _positive_float,
         "Longest pause between attempts while the database is unreachable; the worker"

@@ -24,6 +24,24 @@ DEAD_LETTER_EXCHANGE = "flowscribe.dead-letter"
 DEAD_LETTER_ROUTING_KEY = "dead-letter"
 DEAD_LETTER_QUEUE = "flowscribe.dead-letter"
 
+# Messages waiting to be tried again after a transient failure: one queue per
+# delay, each holding its messages for that long (message TTL) and then
+# dead-lettering them back to the callbacks exchange. Fixed delays per queue,
+# because a queue's TTL only expires messages at its head.
+RETRY_EXCHANGE = "flowscribe.retry"
+RETRY_DELAYS_SECONDS = (1, 5, 30, 120, 600)
+
+
+def retry_queue(delay_seconds: int) -> str:
+    """Queue name (and routing key on RETRY_EXCHANGE) of one retry delay."""
+    return f"flowscribe.retry.{delay_seconds}s"
+
+
+def retry_delay(attempt: int) -> int:
+    """Delay before attempt ``attempt + 1``, growing per attempt (1-based)."""
+    return RETRY_DELAYS_SECONDS[min(attempt, len(RETRY_DELAYS_SECONDS)) - 1]
+
+
 # A message redelivered this many times is dead-lettered by the broker itself
 # (reason `delivery_limit` in `x-death`): the backstop for a message that kills
 # every worker that takes it, so it cannot loop forever.
@@ -42,14 +60,30 @@ CALLBACK_QUEUE_ARGUMENTS = {
 }
 DEAD_LETTER_QUEUE_ARGUMENTS = {"x-queue-type": "quorum"}
 
+
+def retry_queue_arguments(delay_seconds: int) -> dict[str, object]:
+    return {
+        "x-queue-type": "quorum",
+        "x-message-ttl": delay_seconds * 1000,
+        "x-dead-letter-exchange": CALLBACK_EXCHANGE,
+        "x-dead-letter-routing-key": CALLBACK_ROUTING_KEY,
+        "x-dead-letter-strategy": "at-least-once",
+        "x-overflow": "reject-publish",
+    }
+
 # Headers the gateway sets on every callback message.
 HEADER_RECEIVED_AT = "x-flowscribe-received-at"  # ISO 8601, UTC, microseconds
 HEADER_BODY_SHA256 = "x-flowscribe-body-sha256"  # hex digest of the exact body
 
+# Set by the worker when it sends a message to a retry queue: how many write
+# attempts failed so far, and the last failure.
+HEADER_ATTEMPTS = "x-flowscribe-attempts"
+HEADER_LAST_ERROR = "x-flowscribe-last-error"
+
 # Headers the worker adds when it dead-letters a message.
 HEADER_ERROR = "x-flowscribe-error"  # "ErrorClass: message"
 HEADER_ERROR_CLASS = "x-flowscribe-error-class"
-HEADER_ERROR_STAGE = "x-flowscribe-error-stage"  # decode | validate | database
+HEADER_ERROR_STAGE = "x-flowscribe-error-stage"  # decode | validate | database | retry
 HEADER_DEAD_LETTERED_AT = "x-flowscribe-dead-lettered-at"  # ISO 8601, UTC
 HEADER_DEAD_LETTERED_BY = "x-flowscribe-dead-lettered-by"  # worker connection name
 
@@ -60,6 +94,7 @@ class Topology:
     callback_queue: AbstractQueue
     dead_letter_exchange: AbstractExchange
     dead_letter_queue: AbstractQueue
+    retry_exchange: AbstractExchange
 
 
 async def declare(channel: AbstractChannel) -> Topology:
@@ -79,4 +114,15 @@ async def declare(channel: AbstractChannel) -> Topology:
         CALLBACK_QUEUE, durable=True, arguments=CALLBACK_QUEUE_ARGUMENTS
     )
     await callback_queue.bind(callback_exchange, CALLBACK_ROUTING_KEY)
-    return Topology(callback_exchange, callback_queue, dead_letter_exchange, dead_letter_queue)
+
+    retry_exchange = await channel.declare_exchange(
+        RETRY_EXCHANGE, aio_pika.ExchangeType.DIRECT, durable=True
+    )
+    for delay in RETRY_DELAYS_SECONDS:
+        queue = await channel.declare_queue(
+            retry_queue(delay), durable=True, arguments=retry_queue_arguments(delay)
+        )
+        await queue.bind(retry_exchange, retry_queue(delay))
+    return Topology(
+        callback_exchange, callback_queue, dead_letter_exchange, dead_letter_queue, retry_exchange
+    )

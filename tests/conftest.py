@@ -108,7 +108,8 @@ async def _channel(amqp_url: str) -> AsyncIterator[aio_pika.abc.AbstractChannel]
 async def fresh(_pool: asyncpg.Pool, _channel: aio_pika.abc.AbstractChannel) -> None:
     """Empty tables and queues: every test that uses the services starts from nothing."""
     await _pool.execute("TRUNCATE " + ", ".join(f"flowscribe.{t}" for t in TABLES))
-    for name in (topology.CALLBACK_QUEUE, topology.DEAD_LETTER_QUEUE):
+    retry_queues = [topology.retry_queue(d) for d in topology.RETRY_DELAYS_SECONDS]
+    for name in (topology.CALLBACK_QUEUE, topology.DEAD_LETTER_QUEUE, *retry_queues):
         queue = await _channel.get_queue(name)
         await queue.purge()
 

@@ -226,3 +226,71 @@ async def _dead_letters_n(broker, n: int):
     if queue.declaration_result.message_count < n:
         return None
     return await dead_letters(broker)
+
+
+class TestTransientRetries:
+    """A transient failure comes back after a growing delay; past the limit it is dead-lettered as exhausted."""
+
+    CONFLICT_TRIGGER = """
+        CREATE FUNCTION flowscribe.test_conflict() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF NEW.sentence = 'collides every time' THEN
+                RAISE EXCEPTION 'simulated serialization failure' USING ERRCODE = 'serialization_failure';
+            END IF;
+            RETURN NEW;
+        END $$;
+        CREATE TRIGGER test_conflict BEFORE INSERT ON flowscribe.sentences
+            FOR EACH ROW EXECUTE FUNCTION flowscribe.test_conflict();
+    """
+    DROP_TRIGGER = """
+        DROP TRIGGER IF EXISTS test_conflict ON flowscribe.sentences;
+        DROP FUNCTION IF EXISTS flowscribe.test_conflict();
+    """
+
+    def colliding(self) -> bytes:
+        return versioned(1, analysis_id=str(uuid.uuid4())).replace(b"v1 s0", b"collides every time")
+
+    async def test_exhausted_after_max_attempts(self, db, broker, start_worker):
+        await db.execute(self.CONFLICT_TRIGGER)
+        try:
+            good = await publish_as_gateway(broker, versioned(1, analysis_id=str(uuid.uuid4())), received_at=T0)
+            bad = await publish_as_gateway(broker, self.colliding(), received_at=T0)
+            worker = start_worker(max_attempts=2, batch_wait=0.3)
+            [letter] = await eventually(lambda: _dead_letters_n(broker, 1), what="the exhausted message")
+            stopped = await worker.stop()
+        finally:
+            await db.execute(self.DROP_TRIGGER)
+        assert letter.message_id == bad
+        assert letter.headers[topology.HEADER_ERROR_STAGE] == "retry"
+        assert letter.headers[topology.HEADER_ERROR_CLASS] == "RetriesExhausted"
+        assert letter.headers[topology.HEADER_ERROR] == (
+            "exhausted after 2 attempts; last error: SerializationError: simulated serialization failure")
+        assert letter.headers[topology.HEADER_ATTEMPTS] == 1  # one retry happened before giving up
+        # It came back through the 1-second retry queue, and its neighbour was not held up.
+        assert any(d["queue"] == topology.retry_queue(1) for d in letter.headers["x-death"])
+        assert await outcome(db, good) == "ingested"
+        assert stopped.outcomes["retried"] == 1
+
+    async def test_lands_when_the_failure_passes(self, db, broker, start_worker):
+        await db.execute(self.CONFLICT_TRIGGER)
+        try:
+            bad = await publish_as_gateway(broker, self.colliding(), received_at=T0)
+            start_worker(max_attempts=5)
+            await eventually(lambda: _depth_is_at_least(broker, topology.retry_queue(1), 1),
+                             what="the first retry to be scheduled")
+        finally:
+            await db.execute(self.DROP_TRIGGER)
+        assert await eventually(lambda: outcome(db, bad), what="the retried callback") == "ingested"
+        assert await dead_letters(broker) == []
+
+    def test_delays_grow_per_attempt(self):
+        delays = [topology.retry_delay(attempt) for attempt in range(1, 8)]
+        assert delays == sorted(delays) and delays[0] == 1 and delays[-1] == topology.RETRY_DELAYS_SECONDS[-1]
+
+
+async def outcome(db: asyncpg.Pool, message_id: str) -> str | None:
+    return await db.fetchval("SELECT outcome FROM flowscribe.callbacks WHERE id = $1", uuid.UUID(message_id))
+
+
+async def _depth_is_at_least(broker, queue: str, n: int) -> bool:
+    return await queue_depth(broker, queue) >= n

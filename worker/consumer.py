@@ -5,6 +5,10 @@
 - A batch the database refuses because of one message's data is split in
   halves until that message stands alone; it is dead-lettered with the
   database's error and the rest commits.
+- A transient failure (serialization failure, deadlock) is retried at once a
+  few times; if it persists, each message goes to a retry queue and comes back
+  after a delay that grows per attempt, up to FLOWSCRIBE_MAX_ATTEMPTS; then it
+  is dead-lettered as exhausted, with the last error.
 - A database that cannot be reached is nobody's fault: the batch is held and
   retried with growing pauses until the database is back. The worker takes no
   new work meanwhile (prefetch is full), so nothing is dead-lettered for it.
@@ -32,7 +36,7 @@ from flowscribe_ingest.amqp import BrokerSession, BrokerUnavailable
 from flowscribe_ingest.settings import Settings
 from schemas import topology
 from schemas.topology import Topology
-from worker.dead_letter import dead_letter
+from worker.dead_letter import attempts_so_far, dead_letter, retry_later
 from worker.decoding import PayloadDecodeError, decode_payload
 from worker.failures import Fault, classify, describe
 from worker.rows import Callback
@@ -40,8 +44,9 @@ from worker.store import Outcome, write_batch
 
 log = logging.getLogger("worker")
 
-# How often two transactions may collide on the same batch before it is split.
-MAX_CONFLICT_RETRIES = 5
+# How often a batch is re-run at once after colliding with another transaction
+# before its messages go to the retry queues (each attempt counted per message).
+MAX_CONFLICT_RETRIES = 3
 
 
 class InvalidMessage(Exception):
@@ -173,7 +178,7 @@ class Worker:
                 callback = to_callback(message)
             except (PayloadDecodeError, InvalidMessage) as e:
                 stage = "decode" if isinstance(e, PayloadDecodeError) else "validate"
-                await self._dead_letter(message, stage, e)
+                await self._dead_letter(message, stage, describe(e), type(e).__name__)
                 continue
             if callback.id in messages:
                 # The same message twice in hand (redelivered after a reconnect): land it once.
@@ -212,7 +217,11 @@ class Worker:
                     await asyncio.sleep(0.05 * conflicts)
                     continue
                 if len(callbacks) == 1:
-                    await self._dead_letter(messages[callbacks[0].id], "database", e)
+                    message = messages[callbacks[0].id]
+                    if fault is Fault.CONFLICT:
+                        await self._retry_later(message, e)
+                    else:
+                        await self._dead_letter(message, "database", describe(e), type(e).__name__)
                     return
                 # Find the message the database refused: split and land each half.
                 half = len(callbacks) // 2
@@ -251,14 +260,42 @@ class Worker:
             log.warning("ack failed; the message will be redelivered",
                         extra={"message_id": message.message_id, "reason": describe(e)})
 
-    async def _dead_letter(self, message: AbstractIncomingMessage, stage: str, exc: BaseException) -> None:
-        reason = describe(exc)
+    async def _retry_later(self, message: AbstractIncomingMessage, exc: BaseException) -> None:
+        """A transient failure that outlasted in-process retries: try again later, or give up."""
+        attempts = attempts_so_far(message) + 1
+        if attempts >= self._settings.max_attempts:
+            reason = f"exhausted after {attempts} attempts; last error: {describe(exc)}"
+            await self._dead_letter(message, "retry", reason, "RetriesExhausted")
+            return
         try:
-            if self._broker is None:
-                raise BrokerUnavailable("no broker session")
-            _channel, declared = self._broker.usable()
+            _channel, declared = self._usable()
+            delay = await retry_later(
+                declared, message, attempts=attempts, error=describe(exc),
+                timeout=self._settings.publish_timeout,
+            )
+        except Exception as e:  # noqa: BLE001
+            log.error("scheduling a retry failed; the message goes back to the queue",
+                      extra={"message_id": message.message_id, "reason": describe(e)})
+            with contextlib.suppress(Exception):
+                await message.nack(requeue=True)
+            return
+        self.outcomes["retried"] += 1
+        log.warning("callback to be retried",
+                    extra={"message_id": message.message_id, "attempt": attempts,
+                           "retry_in": delay, "reason": describe(exc)})
+
+    def _usable(self) -> tuple[AbstractChannel, Topology]:
+        if self._broker is None:
+            raise BrokerUnavailable("no broker session")
+        return self._broker.usable()
+
+    async def _dead_letter(
+        self, message: AbstractIncomingMessage, stage: str, reason: str, error_class: str
+    ) -> None:
+        try:
+            _channel, declared = self._usable()
             await dead_letter(
-                declared, message, stage=stage, error=reason, error_class=type(exc).__name__,
+                declared, message, stage=stage, error=reason, error_class=error_class,
                 by=self.name, timeout=self._settings.publish_timeout,
             )
         except Exception as e:  # noqa: BLE001

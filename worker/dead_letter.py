@@ -1,41 +1,36 @@
-"""Move a message to the dead-letter queue with the reason, losing nothing on the way.
+"""Move a message elsewhere (dead-letter queue, retry queue), losing nothing on the way.
 
 RabbitMQ's own dead-lettering (a reject) cannot add headers, so we publish a copy
 ourselves, with the original body and properties plus headers saying why, when
 and by whom; only once the broker has confirmed that copy is the original acked.
-A crash in between leaves both: the original is redelivered and dead-lettered
-again, so a dead letter may be doubled but never lost.
+A crash in between leaves both: the original is redelivered and moved again, so
+a moved message may be doubled (which the store absorbs: same message id) but
+never lost.
 """
 
 from __future__ import annotations
 
 import datetime
+from collections.abc import Mapping
 
 import aio_pika
-from aio_pika.abc import AbstractIncomingMessage
+from aio_pika.abc import AbstractExchange, AbstractIncomingMessage
 
 from schemas import topology
 from schemas.topology import Topology
 
 
-def dead_letter_copy(
-    message: AbstractIncomingMessage, stage: str, error: str, error_class: str, by: str
-) -> aio_pika.Message:
-    headers = dict(message.headers or {})
-    headers.update(
-        {
-            topology.HEADER_ERROR: error,
-            topology.HEADER_ERROR_CLASS: error_class,
-            topology.HEADER_ERROR_STAGE: stage,
-            topology.HEADER_DEAD_LETTERED_AT: datetime.datetime.now(datetime.UTC).isoformat(
-                timespec="microseconds"
-            ),
-            topology.HEADER_DEAD_LETTERED_BY: by,
-        }
-    )
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="microseconds")
+
+
+def copy_of(message: AbstractIncomingMessage, headers: Mapping[str, object]) -> aio_pika.Message:
+    """The message with its body and properties, plus (or overriding) ``headers``."""
+    merged = dict(message.headers or {})
+    merged.update(headers)
     return aio_pika.Message(
         message.body,
-        headers=headers,
+        headers=merged,
         content_type=message.content_type,
         content_encoding=message.content_encoding,
         delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
@@ -50,6 +45,42 @@ def dead_letter_copy(
     )
 
 
+def dead_letter_copy(
+    message: AbstractIncomingMessage, stage: str, error: str, error_class: str, by: str
+) -> aio_pika.Message:
+    return copy_of(
+        message,
+        {
+            topology.HEADER_ERROR: error,
+            topology.HEADER_ERROR_CLASS: error_class,
+            topology.HEADER_ERROR_STAGE: stage,
+            topology.HEADER_DEAD_LETTERED_AT: _now(),
+            topology.HEADER_DEAD_LETTERED_BY: by,
+        },
+    )
+
+
+def attempts_so_far(message: AbstractIncomingMessage) -> int:
+    value = (message.headers or {}).get(topology.HEADER_ATTEMPTS, 0)
+    return value if isinstance(value, int) and value >= 0 else 0
+
+
+def retry_copy(message: AbstractIncomingMessage, attempts: int, last_error: str) -> aio_pika.Message:
+    return copy_of(message, {topology.HEADER_ATTEMPTS: attempts, topology.HEADER_LAST_ERROR: last_error})
+
+
+async def move(
+    message: AbstractIncomingMessage,
+    copy: aio_pika.Message,
+    exchange: AbstractExchange,
+    routing_key: str,
+    timeout: float,
+) -> None:
+    """Publish ``copy`` with confirms (raises if not confirmed), then ack the original."""
+    await exchange.publish(copy, routing_key=routing_key, mandatory=True, timeout=timeout)
+    await message.ack()
+
+
 async def dead_letter(
     declared: Topology,
     message: AbstractIncomingMessage,
@@ -60,11 +91,25 @@ async def dead_letter(
     by: str,
     timeout: float,
 ) -> None:
-    """Publish the copy with confirms (raises if not confirmed), then ack the original."""
-    await declared.dead_letter_exchange.publish(
+    await move(
+        message,
         dead_letter_copy(message, stage, error, error_class, by),
-        routing_key=topology.DEAD_LETTER_ROUTING_KEY,
-        mandatory=True,
-        timeout=timeout,
+        declared.dead_letter_exchange,
+        topology.DEAD_LETTER_ROUTING_KEY,
+        timeout,
     )
-    await message.ack()
+
+
+async def retry_later(
+    declared: Topology, message: AbstractIncomingMessage, *, attempts: int, error: str, timeout: float
+) -> int:
+    """Park the message in the retry queue for its attempt; returns the delay in seconds."""
+    delay = topology.retry_delay(attempts)
+    await move(
+        message,
+        retry_copy(message, attempts, error),
+        declared.retry_exchange,
+        topology.retry_queue(delay),
+        timeout,
+    )
+    return delay
