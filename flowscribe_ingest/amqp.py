@@ -153,8 +153,17 @@ class BrokerSession:
         self._channel, self._topology = None, None
         connection, self._connection = self._connection, None
         if connection is not None and not connection.is_closed:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(connection.close(), 2.0)
+            # Close politely if the broker still listens, but never wait long:
+            # closing a connection that died unnoticed can hang, and cancelling
+            # that close (as wait_for would) can hang as well.
+            closing = asyncio.ensure_future(connection.close())
+            closing.add_done_callback(_ignore_result)
+            await asyncio.wait({closing}, timeout=2.0)
+
+
+def _ignore_result(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()  # retrieved, so asyncio does not log it as "never retrieved"
 
 
 def _describe(exc: BaseException | None) -> str:

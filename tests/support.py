@@ -38,6 +38,8 @@ class TcpProxy:
 
     ``close()`` refuses new connections and resets the open ones (a crash or a
     restart as the client sees it); ``open()`` serves again on the same port.
+    ``freeze()`` silently drops everything (a black-holed path that only
+    heartbeats or timeouts reveal); ``thaw()`` ends that.
     """
 
     def __init__(self, target_host: str, target_port: int) -> None:
@@ -45,19 +47,33 @@ class TcpProxy:
         self.port = 0
         self._server: asyncio.Server | None = None
         self._links: set[asyncio.StreamWriter] = set()
+        self._flowing = True
 
     async def open(self) -> None:
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
         self.port = self._server.sockets[0].getsockname()[1]
+
+    def freeze(self) -> None:
+        """Become a black hole: connections stay open, nothing passes either way."""
+        self._flowing = False
+
+    def thaw(self) -> None:
+        """Pass traffic again; connections that lost bytes meanwhile are reset."""
+        self._flowing = True
+        self.reset()
+
+    def reset(self) -> None:
+        """Reset every open connection at once (new ones are still accepted)."""
+        for writer in list(self._links):
+            writer.transport.abort()
+        self._links.clear()
 
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
             self._server = None
-        for writer in list(self._links):
-            writer.transport.abort()
-        self._links.clear()
+        self.reset()
 
     async def _serve(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
         try:
@@ -70,8 +86,9 @@ class TcpProxy:
         async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             try:
                 while data := await reader.read(65536):
-                    writer.write(data)
-                    await writer.drain()
+                    if self._flowing:
+                        writer.write(data)
+                        await writer.drain()
             except (OSError, asyncio.CancelledError):
                 pass
             finally:

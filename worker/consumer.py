@@ -83,6 +83,13 @@ def _received_at(header: object, timestamp: datetime.datetime | None) -> datetim
     return value if value.tzinfo is not None else value.replace(tzinfo=datetime.UTC)
 
 
+def _channel_open(message: AbstractIncomingMessage) -> bool:
+    try:
+        return not message.channel.is_closed
+    except Exception:  # noqa: BLE001 - aio-pika raises once the channel is gone
+        return False
+
+
 class Worker:
     """Batches deliveries from one queue and lands them; see the module docstring."""
 
@@ -115,7 +122,7 @@ class Worker:
             while not stop.is_set():
                 batch = await self._collect()
                 if batch:
-                    await self._process(batch)
+                    await self._process_safely(batch)
         finally:
             wake.cancel()
         await self._shutdown()
@@ -159,7 +166,7 @@ class Worker:
             batch = [m for m in self._drain(self._settings.batch_size) if m is not None]
             in_hand += len(batch)
             if batch and time.monotonic() < self._give_up_at:
-                await self._process(batch)
+                await self._process_safely(batch)
         log.info("worker stopped", extra={"landed_on_stop": in_hand, **self.outcomes})
 
     def _drain(self, limit: int) -> list[AbstractIncomingMessage | None]:
@@ -168,11 +175,22 @@ class Worker:
             taken.append(self._inbox.get_nowait())
         return taken
 
+    async def _process_safely(self, batch: list[AbstractIncomingMessage]) -> None:
+        """Process a batch; a bug in doing so returns the batch to the queue instead of killing the worker."""
+        try:
+            await self._process(batch)
+        except Exception:  # noqa: BLE001 - the worker outlives any one batch
+            log.exception("batch failed unexpectedly; its messages go back to the queue",
+                          extra={"messages": len(batch)})
+            for message in batch:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(message.nack(requeue=True), self._settings.publish_timeout)
+
     async def _process(self, batch: list[AbstractIncomingMessage]) -> None:
         messages: dict[uuid.UUID, AbstractIncomingMessage] = {}
         callbacks: list[Callback] = []
         for message in batch:
-            if message.channel.is_closed:
+            if not _channel_open(message):
                 continue  # its channel died: the broker redelivers it elsewhere
             try:
                 callback = to_callback(message)
@@ -253,7 +271,9 @@ class Worker:
 
     async def _ack(self, message: AbstractIncomingMessage) -> None:
         try:
-            await message.ack()
+            # A deadline, because a frame written to a connection that died
+            # unnoticed can wait forever in the client's writer.
+            await asyncio.wait_for(message.ack(), self._settings.publish_timeout)
         except Exception as e:  # noqa: BLE001
             # The channel is gone: the broker redelivers the message, and the
             # store recognises it by its id, so it still lands exactly once.
@@ -277,7 +297,7 @@ class Worker:
             log.error("scheduling a retry failed; the message goes back to the queue",
                       extra={"message_id": message.message_id, "reason": describe(e)})
             with contextlib.suppress(Exception):
-                await message.nack(requeue=True)
+                await asyncio.wait_for(message.nack(requeue=True), self._settings.publish_timeout)
             return
         self.outcomes["retried"] += 1
         log.warning("callback to be retried",
@@ -305,7 +325,7 @@ class Worker:
             log.error("dead-lettering failed; the message goes back to the queue",
                       extra={"message_id": message.message_id, "reason": describe(e)})
             with contextlib.suppress(Exception):
-                await message.nack(requeue=True)
+                await asyncio.wait_for(message.nack(requeue=True), self._settings.publish_timeout)
             return
         self.outcomes["dead_lettered"] += 1
         log.warning("callback dead-lettered",

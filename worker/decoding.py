@@ -9,8 +9,9 @@ retrying it forever, and never crash on it.
 Beyond "parses and matches the Structs", a decoded payload is also storable:
 no NUL in strings (PostgreSQL text refuses it), datetimes always tz-aware
 (naive vendor timestamps are UTC), integers fit the ``integer`` columns, no
-NaN/Infinity from XML. Each of those checks is arranged to cost close to
-nothing on an ordinary body; the tests measure it.
+NaN/Infinity from XML. Each check is a C-level scan on the common path, so an
+ordinary body pays little for them (the JSON depth scan, the largest, is about
+a fifth of msgspec's own decode time).
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ MAX_JSON_DEPTH = 32
 # the whole COPY batch in the writer instead of this one message here.
 _INT4_MIN, _INT4_MAX = -(2**31), 2**31 - 1
 
-_UTC = datetime.timezone.utc
+_UTC = datetime.UTC
 _JSON_DECODER = msgspec.json.Decoder(Payload)
 _XSI_NIL = "{http://www.w3.org/2001/XMLSchema-instance}nil"
 
@@ -51,14 +52,19 @@ def decode_payload(body: bytes, content_type: str | None) -> Payload:
     media = (content_type or "").partition(";")[0].strip().lower()
     try:
         if media in ("application/json", "text/json") or media.endswith("+json"):
-            return _storable(_decode_json(body), _PLAN)
+            return _stored(_decode_json(body))
         if media in ("application/xml", "text/xml") or media.endswith("+xml"):
-            return _storable(_decode_xml(body), _PLAN)
+            return _stored(_decode_xml(body))
     except PayloadDecodeError:
         raise
     except Exception as e:  # the contract: nothing else escapes, for any input
         raise _error(f"undecodable body ({type(e).__name__}: {e})") from e
     raise _error(f"unsupported content type {content_type!r} (expected JSON or XML)")
+
+
+def _stored(payload: Payload) -> Payload:
+    _storable([payload], _PLAN, "$", indexed=False)
+    return payload
 
 
 def _error(reason: str) -> PayloadDecodeError:
@@ -99,11 +105,14 @@ def _decode_json(body: bytes) -> Payload:
     except UnicodeError as e:
         raise _error(f"invalid JSON payload: not UTF-8 ({e})") from e
     # NUL can only arrive as the escape \u0000, and any escape needs a
-    # backslash: a one-byte memchr rules out nearly every body.
+    # backslash: a one-byte search (memchr, ~3 us on 250 KB) spares bodies
+    # without escapes the substring search (~150 us).
     if b"\\" in body and b"\\u0000" in body:
         path = _nul_path(payload, "$")
         if path is not None:
-            raise _error(f"invalid JSON payload: string contains NUL (\\u0000), which PostgreSQL text cannot store - at `{path}`")
+            raise _error(
+                f"invalid JSON payload: string contains NUL (\\u0000), which PostgreSQL text cannot store - at `{path}`"
+            )
     return payload
 
 
@@ -127,8 +136,7 @@ def _nesting(parens: bytes) -> int:
 # the epoch in UTC; the offset only says which zone the sender was in.
 # Rewritten only as the value of a datetime field, and only after the normal
 # decode failed on a datetime, so ordinary bodies pay nothing for it.
-_DATETIME_FIELDS: set[str] = set()  # filled from the Structs below
-_DOTNET_DATE: re.Pattern[bytes]  # likewise
+_DOTNET_DATE: re.Pattern[bytes]  # built from the Structs' datetime fields, below
 
 
 def _rewrite_dotnet_dates(body: bytes) -> bytes | None:
@@ -185,9 +193,9 @@ def _xml_parser() -> etree.XMLParser:
 class _XmlValueError(Exception):
     """A value rejected during the tree walk; collects its path while unwinding."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, where: str) -> None:
         super().__init__(reason)
-        self.reason, self.path = reason, []
+        self.reason, self.path = reason, [where]
 
 
 def _decode_xml(body: bytes) -> Payload:
@@ -199,8 +207,9 @@ def _decode_xml(body: bytes) -> Payload:
         raise _error("invalid XML payload: DOCTYPE/DTD or entity declarations are not allowed")
     try:
         root = etree.fromstring(body, _xml_parser())
-    except (etree.LxmlError, ValueError) as e:  # ValueError: e.g. empty-ish input
-        raise _error(f"invalid XML payload: {e}") from e
+    except (etree.LxmlError, ValueError) as e:
+        # .msg has line and column already, without str()'s "(<string>, line 1)"
+        raise _error(f"invalid XML payload: {getattr(e, 'msg', None) or e}") from e
     info = root.getroottree().docinfo
     if info.doctype or info.internalDTD is not None or info.externalDTD is not None:
         raise _error("invalid XML payload: DOCTYPE/DTD or entity declarations are not allowed")
@@ -214,51 +223,56 @@ def _decode_xml(body: bytes) -> Payload:
         raise _error(f"invalid XML payload: {e}") from e
 
 
-_STR, _FLOAT, _SCALAR, _STRUCT, _LIST = range(5)
+_STR, _FLOAT, _SCALAR, _STRUCT, _LIST = range(5)  # _SCALAR: int, bool, UUID, datetime
 
 
 def _xml_object(elem: Any, plan: dict[str, tuple[int, Any]]) -> dict[str, Any]:
-    """Child elements of ``elem`` as a dict, by local name, guided by the Struct's plan."""
+    """Child elements of ``elem`` as a dict, by local name, guided by the Struct's plan.
+
+    This loop runs once per element (~5000 in a 250 KB body), hence inlined.
+    """
     out: dict[str, Any] = {}
-    for child in elem.iterchildren(etree.Element):
+    for child in elem:  # elements only: the parser drops comments and PIs, a DTD is refused
         name = child.tag.rpartition("}")[2]  # local name: the vendor's namespaces may change
         entry = plan.get(name)
         if entry is None:
             continue  # unknown element: the vendor may add fields
         kind, sub = entry
-        try:
-            out[name] = _xml_value(child, kind, sub)
-        except _XmlValueError as e:
-            e.path.append(f".{name}")
-            raise
+        if kind < _STRUCT:
+            text = child.text
+            if len(child):
+                value = {}  # markup where text belongs: msgspec reports the type error with its path
+            elif text is None:  # i:nil elements are empty, so only empty ones need the lookup
+                value = None if _is_nil(child) else ""
+            elif kind == _STR:
+                value = text  # strings are data, kept verbatim
+            else:
+                value = text.strip()  # XSD collapses whitespace for numbers, booleans, ids, dates
+                # Every non-finite spelling msgspec accepts (nan, inf, infinity,
+                # any case or sign) has an "n"; a finite decimal never does.
+                if kind == _FLOAT and ("n" in value or "N" in value):
+                    raise _XmlValueError(f"non-finite number {value[:20]!r} is not accepted", f".{name}")
+        elif not len(child) and _is_nil(child):
+            value = None
+        else:
+            try:
+                value = _xml_object(child, sub) if kind == _STRUCT else _xml_list(child, sub)
+            except _XmlValueError as e:
+                e.path.append(f".{name}")
+                raise
+        out[name] = value
     return out
 
 
-def _xml_value(elem: Any, kind: int, sub: Any) -> Any:
-    if _is_nil(elem):
-        return None
-    if kind == _STRUCT:
-        return _xml_object(elem, sub)
-    if kind == _LIST:  # the items are the children, whatever their tag
-        items = []
-        for i, item in enumerate(elem.iterchildren(etree.Element)):
-            try:
-                items.append(None if _is_nil(item) else _xml_object(item, sub))
-            except _XmlValueError as e:
-                e.path.append(f"[{i}]")
-                raise
-        return items
-    if len(elem):
-        return {}  # markup where text belongs: msgspec reports the type error with its path
-    text = elem.text or ""  # no nil, no text: an empty string
-    if kind == _STR:
-        return text  # strings are data, kept verbatim
-    text = text.strip()  # XSD collapses whitespace for numbers, booleans, ids, dates
-    # Every non-finite spelling msgspec accepts (nan, inf, infinity, any case or
-    # sign) has an "n"; a finite decimal never does.
-    if kind == _FLOAT and ("n" in text or "N" in text):
-        raise _XmlValueError(f"non-finite number {text[:20]!r} is not accepted")
-    return text
+def _xml_list(elem: Any, plan: dict[str, tuple[int, Any]]) -> list[Any]:
+    items = []
+    for i, item in enumerate(elem):  # the items are the children, whatever their tag
+        try:
+            items.append(None if not len(item) and _is_nil(item) else _xml_object(item, plan))
+        except _XmlValueError as e:
+            e.path.append(f"[{i}]")
+            raise
+    return items
 
 
 def _is_nil(elem: Any) -> bool:
@@ -268,50 +282,42 @@ def _is_nil(elem: Any) -> bool:
 
 # --- storable: tz-aware datetimes, integers in range ------------------------
 
+_TZINFO = attrgetter("tzinfo")
+_combine = datetime.datetime.combine
 
-def _storable(obj: Any, plan: Any, path: str = "$") -> Any:
-    """``obj`` with naive datetimes taken as UTC; PayloadDecodeError if an int exceeds ``integer``.
 
-    Rebuilds (``structs.replace``) only what has to change, and looks at a
-    list item by item only when a C-level scan of the whole list says so.
+def _storable(items: list[Any], plan: Any, path: str, indexed: bool) -> None:
+    """Make naive datetimes UTC, and refuse ints beyond ``integer``, in Structs of one type.
+
+    A field is checked across all ``items`` by a C-level scan first (about 40 ns
+    an item); only a hit walks the items in Python. Fixes are made in place
+    (``force_setattr``): the payload was decoded a moment ago and nobody else
+    holds it, and rebuilding frozen Structs with ``replace`` cost far more.
     """
     dt_names, int_names, subs = plan
-    changes = {}
     for name in dt_names:
-        value = getattr(obj, name)
-        if value is not None and value.tzinfo is None:
-            changes[name] = value.replace(tzinfo=_UTC)
+        get = attrgetter(name)
+        if None in map(_TZINFO, filter(None, map(get, items))):  # filter(None) skips nulls
+            for item in items:
+                value = get(item)
+                if value is not None and value.tzinfo is None:
+                    # = value.replace(tzinfo=UTC), 6x cheaper on Python 3.11 (1 us -> 0.16 us)
+                    msgspec.structs.force_setattr(item, name, _combine(value, value.time(), _UTC))
     for name in int_names:
-        value = getattr(obj, name)
-        if value is not None and not _INT4_MIN <= value <= _INT4_MAX:
-            raise _error(f"integer {value} is out of range for a PostgreSQL integer - at `{path}.{name}`")
-    for name, is_list, sub in subs:
-        value = getattr(obj, name)
-        if value is None:
-            pass
-        elif not is_list:
-            new = _storable(value, sub, f"{path}.{name}")
-            if new is not value:
-                changes[name] = new
-        elif _needs_visit(value, sub):
-            changes[name] = [_storable(item, sub, f"{path}.{name}[{i}]") for i, item in enumerate(value)]
-    return msgspec.structs.replace(obj, **changes) if changes else obj
-
-
-_TZINFO = attrgetter("tzinfo")
-
-
-def _needs_visit(items: list[Any], plan: Any) -> bool:
-    dt_names, int_names, subs = plan
-    if subs:
-        return True  # nested structures: just walk them (none in today's schema)
-    for get in map(attrgetter, int_names):  # filter(None) skips nulls (and zeros)
-        if max(filter(None, map(get, items)), default=0) > _INT4_MAX:
-            return True
-        if min(filter(None, map(get, items)), default=0) < _INT4_MIN:
-            return True
-    # `None in` stops at the first naive datetime.
-    return any(None in map(_TZINFO, filter(None, map(attrgetter(n), items))) for n in dt_names)
+        get = attrgetter(name)
+        # abs() folds both bounds into one pass; -2**31 then costs a walk, no error.
+        if max(map(abs, filter(None, map(get, items))), default=0) > _INT4_MAX:
+            for i, item in enumerate(items):
+                value = get(item)
+                if value is not None and not _INT4_MIN <= value <= _INT4_MAX:
+                    where = f"{path}[{i}].{name}" if indexed else f"{path}.{name}"
+                    raise _error(f"integer {value} is out of range for a PostgreSQL integer - at `{where}`")
+    for name, is_list, sub in subs:  # Payload -> analysis -> its lists: few items here
+        for i, item in enumerate(items):
+            value = getattr(item, name)
+            if value is not None:
+                where = f"{path}[{i}].{name}" if indexed else f"{path}.{name}"
+                _storable(value if is_list else [value], sub, where, is_list)
 
 
 # --- plans, computed once from the Structs -----------------------------------
@@ -343,7 +349,6 @@ def _storable_plan(struct: mi.StructType) -> tuple[Any, ...]:
         t = _unwrap(f.type)
         if isinstance(t, mi.DateTimeType):
             dt_names.append(f.name)
-            _DATETIME_FIELDS.add(f.encode_name)
         elif isinstance(t, mi.IntType):
             int_names.append(f.name)
         elif isinstance(t, mi.StructType):
@@ -355,10 +360,22 @@ def _storable_plan(struct: mi.StructType) -> tuple[Any, ...]:
     return tuple(dt_names), tuple(int_names), tuple(subs)
 
 
+def _datetime_keys(struct: mi.StructType) -> set[str]:
+    keys: set[str] = set()
+    for f in struct.fields:
+        t = _unwrap(f.type)
+        t = t.item_type if isinstance(t, mi.ListType) else t
+        if isinstance(t, mi.DateTimeType):
+            keys.add(f.encode_name)
+        elif isinstance(t, mi.StructType):
+            keys |= _datetime_keys(t)
+    return keys
+
+
 _PAYLOAD_INFO = mi.type_info(Payload)
 _XML_PLAN = _xml_plan(_PAYLOAD_INFO)
 _PLAN = _storable_plan(_PAYLOAD_INFO)
 _DOTNET_DATE = re.compile(
     rb'("(?:%s)"\s*:\s*)"\\?/Date\((-?\d{1,15})(?:[+-]\d{4})?\)\\?/"'
-    % b"|".join(re.escape(n.encode()) for n in sorted(_DATETIME_FIELDS))
+    % b"|".join(re.escape(k.encode()) for k in sorted(_datetime_keys(_PAYLOAD_INFO)))
 )

@@ -1,0 +1,228 @@
+"""A queue checker in the spirit of Jepsen's: send callbacks, inject faults, then account for every one.
+
+Every callback carries a unique analysis ID. Each gateway answer is recorded
+as ``ok`` (2xx), ``failed`` (4xx) or ``unknown`` (timeout, 5xx, reset) after the
+sender's own retries (Flowscribe retries too). Once the faults stop and the
+queues drain:
+
+- lost: ok, but neither stored nor in the dead-letter queue;
+- unexpected: stored, but never sent;
+- duplicated: stored more than once (more than one ``ingested`` ledger row for
+  one analysis, or repeated child rows);
+- recovered: unknown, yet stored (the broker had it after all).
+
+Pass: lost 0, unexpected 0, duplicated 0, and every queue empty.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import random
+import time
+import uuid
+from collections import Counter
+
+import aio_pika
+import aiohttp
+import asyncpg
+
+from schemas import topology
+from tests.support import JSON_SAMPLE
+
+ALL_QUEUES = (
+    topology.CALLBACK_QUEUE,
+    *(topology.retry_queue(d) for d in topology.RETRY_DELAYS_SECONDS),
+)
+
+
+def callback_body(analysis_id: uuid.UUID, *, poison: bool = False) -> bytes:
+    """A small, valid callback for one analysis (or, if ``poison``, one that can never decode)."""
+    if poison:
+        return json.dumps({"ConversationAnalysisModel": {"ID": str(analysis_id), "ConversationSentences": "poison"}}).encode()
+    sample = json.loads(JSON_SAMPLE)
+    model = sample["ConversationAnalysisModel"]
+    model["ID"] = str(analysis_id)
+    model["ConversationText"] = f"fault-suite {analysis_id}"
+    sample["JobStatus"]["JobID"] = str(uuid.uuid4())
+    return json.dumps(sample).encode()
+
+
+@dataclasses.dataclass
+class History:
+    """What the sender saw, per analysis id."""
+
+    results: dict[uuid.UUID, str] = dataclasses.field(default_factory=dict)  # ok | failed | unknown
+    poison: set[uuid.UUID] = dataclasses.field(default_factory=set)
+    attempts: int = 0
+    statuses: Counter[str] = dataclasses.field(default_factory=Counter)
+
+    def ids(self, result: str) -> set[uuid.UUID]:
+        return {k for k, v in self.results.items() if v == result}
+
+
+async def send_callbacks(
+    http: aiohttp.ClientSession,
+    url: str,
+    count: int,
+    *,
+    concurrency: int = 16,
+    poison_rate: float = 0.0,
+    retry_for: float = 60.0,
+    request_timeout: float = 10.0,
+    seed: int = 7,
+    copies: int = 1,
+) -> History:
+    """Post ``count`` callbacks (each ``copies`` times at once), retrying unknown answers like a vendor."""
+    history = History()
+    rng = random.Random(seed)
+    todo: asyncio.Queue[uuid.UUID] = asyncio.Queue()
+    for _ in range(count):
+        analysis_id = uuid.UUID(int=rng.getrandbits(128), version=4)
+        if rng.random() < poison_rate:
+            history.poison.add(analysis_id)
+        todo.put_nowait(analysis_id)
+
+    async def post_until_answered(body: bytes) -> str:
+        deadline = time.monotonic() + retry_for
+        delay = 0.05
+        while True:
+            history.attempts += 1
+            try:
+                async with http.post(
+                    url, data=body, headers={"Content-Type": "application/json"},
+                    timeout=aiohttp.ClientTimeout(total=request_timeout),
+                ) as response:
+                    history.statuses[str(response.status)] += 1
+                    if 200 <= response.status < 300:
+                        return "ok"
+                    if 400 <= response.status < 500:
+                        return "failed"
+            except (aiohttp.ClientError, TimeoutError) as e:
+                history.statuses[type(e).__name__] += 1
+            if time.monotonic() > deadline:
+                return "unknown"
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+    async def sender() -> None:
+        while True:
+            try:
+                analysis_id = todo.get_nowait()
+            except asyncio.QueueEmpty:
+                return
+            body = callback_body(analysis_id, poison=analysis_id in history.poison)
+            answers = await asyncio.gather(*(post_until_answered(body) for _ in range(copies)))
+            history.results[analysis_id] = (
+                "ok" if "ok" in answers else "failed" if "failed" in answers else "unknown"
+            )
+
+    await asyncio.gather(*(sender() for _ in range(concurrency)))
+    return history
+
+
+@dataclasses.dataclass
+class Verdict:
+    sent: int
+    ok: int
+    failed: int
+    unknown: int
+    stored: int
+    dead_lettered: int
+    lost: int
+    unexpected: int
+    duplicated: int
+    recovered: int
+    queued: int
+    poison_dead_lettered: int
+    good_dead_lettered: int
+    dead_letters_without_reason: int
+
+    @property
+    def passed(self) -> bool:
+        return (
+            self.lost == 0 and self.unexpected == 0 and self.duplicated == 0 and self.queued == 0
+            and self.good_dead_lettered == 0 and self.dead_letters_without_reason == 0
+        )
+
+    def line(self, scenario: str) -> str:
+        figures = " ".join(f"{k}={v}" for k, v in dataclasses.asdict(self).items())
+        return f"[faults] {scenario}: {figures} -> {'PASS' if self.passed else 'FAIL'}"
+
+
+async def stored_analysis_ids(db: asyncpg.Pool) -> set[uuid.UUID]:
+    return {r[0] for r in await db.fetch("SELECT id FROM flowscribe.analyses")}
+
+
+async def queue_depths(channel: aio_pika.abc.AbstractChannel) -> dict[str, int]:
+    depths = {}
+    for name in ALL_QUEUES:
+        queue = await channel.declare_queue(name, passive=True)
+        depths[name] = queue.declaration_result.message_count
+    return depths
+
+
+async def wait_until_accounted(
+    history: History, db: asyncpg.Pool, channel: aio_pika.abc.AbstractChannel, timeout: float = 120.0
+) -> None:
+    """Wait (with a deadline) until every ok callback is stored or dead-lettered and the queues are empty."""
+    expected_good = history.ids("ok") - history.poison
+    expected_poison = history.ids("ok") & history.poison
+    deadline = time.monotonic() + timeout
+    while True:
+        stored = await stored_analysis_ids(db)
+        dlq = await channel.declare_queue(topology.DEAD_LETTER_QUEUE, passive=True)
+        depths = await queue_depths(channel)
+        if (expected_good <= stored and dlq.declaration_result.message_count >= len(expected_poison)
+                and not any(depths.values())):
+            return
+        if time.monotonic() > deadline:
+            return  # the verdict will say what is missing
+        await asyncio.sleep(0.1)
+
+
+async def check(history: History, db: asyncpg.Pool, channel: aio_pika.abc.AbstractChannel) -> Verdict:
+    """Account for every callback sent (the workers must be stopped first)."""
+    stored = await stored_analysis_ids(db)
+    ingested = Counter(
+        r[0] for r in await db.fetch(
+            "SELECT analysis_id FROM flowscribe.callbacks WHERE outcome = 'ingested'"
+        )
+    )
+    doubled_children = await db.fetchval(
+        "SELECT count(*) FROM (SELECT analysis_id, id FROM flowscribe.sentences"
+        " GROUP BY 1, 2 HAVING count(*) > 1) AS d"
+    )
+    dead = await channel.get_queue(topology.DEAD_LETTER_QUEUE)
+    dead_ids: set[uuid.UUID] = set()
+    without_reason = 0
+    while (message := await dead.get(fail=False, no_ack=True)) is not None:
+        if not (message.headers or {}).get(topology.HEADER_ERROR):
+            without_reason += 1
+        try:
+            dead_ids.add(uuid.UUID(json.loads(message.body)["ConversationAnalysisModel"]["ID"]))
+        except (ValueError, KeyError, TypeError):
+            pass
+    ok = history.ids("ok")
+    sent = set(history.results)
+    return Verdict(
+        sent=len(sent),
+        ok=len(ok),
+        failed=len(history.ids("failed")),
+        unknown=len(history.ids("unknown")),
+        stored=len(stored),
+        dead_lettered=len(dead_ids),
+        lost=len(ok - stored - dead_ids),
+        unexpected=len((stored | dead_ids) - sent),
+        duplicated=sum(1 for n in ingested.values() if n > 1) + doubled_children,
+        recovered=len(history.ids("unknown") & (stored | dead_ids)),
+        queued=sum((await queue_depths(channel)).values()),
+        poison_dead_lettered=len(dead_ids & history.poison),
+        good_dead_lettered=len(dead_ids - history.poison),
+        dead_letters_without_reason=without_reason,
+    )
+
+
+# Figures of every scenario run in this session, printed at the end of the run.
+REPORT: list[str] = []

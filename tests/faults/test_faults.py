@@ -1,0 +1,209 @@
+"""The fault suite: every callback the gateway answered 2xx ends up stored exactly once
+(or, if poison, dead-lettered with its reason), whatever crashes or restarts on the way.
+
+Each scenario prints its figures (see checker.Verdict) and passes only with
+lost 0, unexpected 0, duplicated 0 and empty queues.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import random
+import signal
+import sys
+import time
+
+import pytest
+from aiohttp.test_utils import TestServer
+
+from gateway.app import create_app
+from tests.faults.checker import REPORT, check, send_callbacks, wait_until_accounted
+from tests.support import TOKEN, TcpProxy, eventually
+from worker.consumer import Worker
+
+pytestmark = pytest.mark.faults
+
+
+def callback_url(server: TestServer) -> str:
+    return str(server.make_url(f"/flowscribe/callback/{TOKEN}"))
+
+
+def settle(verdict, scenario: str) -> None:
+    line = verdict.line(scenario)
+    REPORT.append(line)
+    print(line)
+    assert verdict.passed, line
+
+
+class WorkerProcess:
+    """A real `flowscribe-ingest worker` process, to be killed without mercy."""
+
+    def __init__(self, settings, **env: str) -> None:
+        self._env = {
+            **os.environ,
+            "FLOWSCRIBE_AMQP_URL": settings.amqp_url,
+            "FLOWSCRIBE_DATABASE_URL": settings.database_url,
+            "FLOWSCRIBE_LOG_FORMAT": "json",
+            "FLOWSCRIBE_LOG_LEVEL": "warning",
+            **env,
+        }
+        self.process: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> WorkerProcess:
+        self.process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "flowscribe_ingest.cli", "worker", env=self._env,
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        )
+        return self
+
+    async def kill(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        await self.process.wait()
+
+    async def stop(self) -> int:
+        assert self.process is not None
+        if self.process.returncode is None:
+            self.process.send_signal(signal.SIGTERM)
+        return await asyncio.wait_for(self.process.wait(), 60)
+
+
+class TestWorkerCrashes:
+    """kill -9 and crashes between commit and ack lose and double nothing."""
+
+    async def test_kill_9_a_worker_every_two_seconds(self, settings, gateway, http, db, broker):
+        workers = [await WorkerProcess(settings).start() for _ in range(3)]
+        kills = 0
+        sending = asyncio.create_task(send_callbacks(http, callback_url(gateway), 2000, concurrency=16))
+        rng = random.Random(1)
+        try:
+            while not sending.done():
+                await asyncio.wait({sending}, timeout=2.0)
+                victim = rng.randrange(len(workers))
+                await workers[victim].kill()
+                kills += 1
+                workers[victim] = await WorkerProcess(settings).start()
+            history = await sending
+            # Keep killing while the backlog drains, for a few more rounds.
+            for _ in range(3):
+                await asyncio.sleep(2.0)  # the fault cadence itself, not a wait for work
+                victim = rng.randrange(len(workers))
+                await workers[victim].kill()
+                kills += 1
+                workers[victim] = await WorkerProcess(settings).start()
+            await wait_until_accounted(history, db, broker)
+        finally:
+            codes = [await w.stop() for w in workers]
+        assert codes == [0, 0, 0]
+        settle(await check(history, db, broker), f"kill -9 x{kills} with 3 workers")
+
+    async def test_crash_between_commit_and_ack(self, settings, gateway, http, db, broker, start_worker, monkeypatch):
+        """The worker's broker link dies right after a commit, before the acks, over and over."""
+        link = TcpProxy("127.0.0.1", 5672)
+        await link.open()
+        crashes = 0
+        real_ack = Worker._ack
+        rng = random.Random(5)
+
+        async def ack_or_crash(self, message):
+            nonlocal crashes
+            if rng.random() < 0.05:
+                crashes += 1
+                link.reset()  # as the broker sees a crash: the connection drops, unacked messages return
+            await real_ack(self, message)
+
+        monkeypatch.setattr(Worker, "_ack", ack_or_crash)
+        try:
+            workers = [start_worker(batch_size=20, amqp_url=link.url(settings.amqp_url)) for _ in range(2)]
+            history = await send_callbacks(http, callback_url(gateway), 600, concurrency=8)
+            await wait_until_accounted(history, db, broker)
+        finally:
+            monkeypatch.setattr(Worker, "_ack", real_ack)
+        # Crashes over: the last redeliveries drain, then the workers stop cleanly.
+        await wait_until_accounted(history, db, broker)
+        for worker in workers:
+            await worker.stop()
+        await link.close()
+        assert crashes > 5
+        verdict = await check(history, db, broker)
+        assert await db.fetchval("SELECT count(*) FROM flowscribe.callbacks") == verdict.stored
+        settle(verdict, f"crash between commit and ack x{crashes}")
+
+
+class TestDuplicates:
+    """The vendor posting the same callback several times at once stores it once."""
+
+    async def test_same_callback_posted_concurrently(self, settings, gateway, http, db, broker, start_worker):
+        workers = [start_worker(batch_size=10) for _ in range(3)]
+        history = await send_callbacks(http, callback_url(gateway), 150, concurrency=8, copies=4)
+        await wait_until_accounted(history, db, broker)
+        for worker in workers:
+            await worker.stop()
+        outcomes = dict(await db.fetch("SELECT outcome, count(*) FROM flowscribe.callbacks GROUP BY 1"))
+        verdict = await check(history, db, broker)
+        settle(verdict, "same callback posted 4x concurrently")
+        assert outcomes == {"ingested": 150, "duplicate": 450}
+        # The vendor's sample repeats each item's ID: every analysis has one row per distinct item.
+        assert await db.fetchval("SELECT count(*) FROM flowscribe.sentences") == 150
+
+
+class TestPoisonMix:
+    """1 % poison in a run: the dead-letter queue holds exactly those, each with its reason."""
+
+    async def test_one_percent_poison(self, settings, gateway, http, db, broker, start_worker):
+        worker = start_worker()
+        history = await send_callbacks(http, callback_url(gateway), 1500, concurrency=16, poison_rate=0.01, seed=11)
+        assert len(history.poison) >= 5
+        await wait_until_accounted(history, db, broker)
+        await worker.stop()
+        verdict = await check(history, db, broker)
+        settle(verdict, "1% poison")
+        assert verdict.poison_dead_lettered == len(history.poison)
+        assert verdict.dead_lettered == len(history.poison)
+
+
+class TestLinkCuts:
+    """Cut, restore and black-hole the gateway-broker and worker-broker links mid-run."""
+
+    async def test_cut_and_black_hole_links(self, settings, http, db, broker, start_worker):
+        gateway_link = TcpProxy("127.0.0.1", 5672)
+        worker_link = TcpProxy("127.0.0.1", 5672)
+        await gateway_link.open()
+        await worker_link.open()
+        # Short heartbeats so a black hole is noticed in seconds (the default is 10 s).
+        gateway_settings = dataclasses.replace(
+            settings, amqp_url=gateway_link.url(settings.amqp_url) + "?heartbeat=2", publish_timeout=2.0)
+        server = TestServer(create_app(gateway_settings))
+        await server.start_server()
+        worker = start_worker(amqp_url=worker_link.url(settings.amqp_url) + "?heartbeat=2")
+        sending = asyncio.create_task(
+            send_callbacks(http, callback_url(server), 1200, concurrency=8, request_timeout=5.0))
+        faults = []
+        try:
+            for step in range(4):
+                await asyncio.sleep(1.5)  # fault cadence
+                link = (gateway_link, worker_link)[step % 2]
+                name = ("gateway", "worker")[step % 2]
+                if step < 2:
+                    await link.close()
+                    faults.append(f"cut {name}")
+                    await asyncio.sleep(1.0)  # outage length
+                    await link.open()
+                else:
+                    link.freeze()
+                    faults.append(f"black-hole {name}")
+                    await asyncio.sleep(6.0)  # long enough for heartbeats to notice
+                    link.thaw()
+            started = time.monotonic()
+            history = await sending
+            await wait_until_accounted(history, db, broker)
+            drained_in = time.monotonic() - started
+            await worker.stop()
+        finally:
+            await server.close()
+            await gateway_link.close()
+            await worker_link.close()
+        verdict = await check(history, db, broker)
+        settle(verdict, f"{', '.join(faults)} (drained {drained_in:.1f}s after load)")
