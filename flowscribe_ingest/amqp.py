@@ -60,7 +60,7 @@ class BrokerSession:
         prefetch: int | None = None,
         on_ready: OnReady | None = None,
         connect_timeout: float = 5.0,
-        max_backoff: float = 5.0,
+        max_backoff: float = 2.0,
     ) -> None:
         self._url = connection_url(url, name)
         self._name = name

@@ -179,3 +179,13 @@ async def start_worker(settings: Settings) -> AsyncIterator[StartWorker]:
     for worker in running:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(worker.task, 30)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The fault suite's figures, one line per scenario, at the end of the run."""
+    from tests.faults.checker import REPORT
+
+    if REPORT:
+        terminalreporter.section("fault suite figures")
+        for line in REPORT:
+            terminalreporter.write_line(line)

@@ -57,6 +57,24 @@ class History:
     poison: set[uuid.UUID] = dataclasses.field(default_factory=set)
     attempts: int = 0
     statuses: Counter[str] = dataclasses.field(default_factory=Counter)
+    slowest_refusal: float = 0.0  # seconds: how long the longest non-2xx answer (or failure) took
+    first_ok_after: dict[str, float] = dataclasses.field(default_factory=dict)  # marks -> monotonic time
+    marks: dict[str, float] = dataclasses.field(default_factory=dict)
+
+    def mark(self, name: str) -> None:
+        """Note a moment (e.g. "broker back"); the first 2xx after it is recorded too."""
+        self.marks[name] = time.monotonic()
+
+    def recovery(self, name: str) -> float | None:
+        """Seconds from mark ``name`` to the first 2xx answer after it."""
+        if name in self.marks and name in self.first_ok_after:
+            return self.first_ok_after[name] - self.marks[name]
+        return None
+
+    def _answered_ok(self, at: float) -> None:
+        for name, marked in self.marks.items():
+            if name not in self.first_ok_after and at >= marked:
+                self.first_ok_after[name] = at
 
     def ids(self, result: str) -> set[uuid.UUID]:
         return {k for k, v in self.results.items() if v == result}
@@ -73,9 +91,10 @@ async def send_callbacks(
     request_timeout: float = 10.0,
     seed: int = 7,
     copies: int = 1,
+    history: History | None = None,
 ) -> History:
     """Post ``count`` callbacks (each ``copies`` times at once), retrying unknown answers like a vendor."""
-    history = History()
+    history = history if history is not None else History()
     rng = random.Random(seed)
     todo: asyncio.Queue[uuid.UUID] = asyncio.Queue()
     for _ in range(count):
@@ -89,6 +108,7 @@ async def send_callbacks(
         delay = 0.05
         while True:
             history.attempts += 1
+            started = time.monotonic()
             try:
                 async with http.post(
                     url, data=body, headers={"Content-Type": "application/json"},
@@ -96,11 +116,13 @@ async def send_callbacks(
                 ) as response:
                     history.statuses[str(response.status)] += 1
                     if 200 <= response.status < 300:
+                        history._answered_ok(time.monotonic())
                         return "ok"
                     if 400 <= response.status < 500:
                         return "failed"
             except (aiohttp.ClientError, TimeoutError) as e:
                 history.statuses[type(e).__name__] += 1
+            history.slowest_refusal = max(history.slowest_refusal, time.monotonic() - started)
             if time.monotonic() > deadline:
                 return "unknown"
             await asyncio.sleep(delay)
