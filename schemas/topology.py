@@ -23,6 +23,10 @@ CALLBACK_QUEUE = "flowscribe.callbacks"
 DEAD_LETTER_EXCHANGE = "flowscribe.dead-letter"
 DEAD_LETTER_ROUTING_KEY = "dead-letter"
 DEAD_LETTER_QUEUE = "flowscribe.dead-letter"
+# Not declared with the rest: an ops command that reads the dead-letter queue
+# holds it as an exclusive queue (gone with its connection), so two never
+# interleave their reads (see ops.dead_letters).
+OPS_LOCK_QUEUE = "flowscribe.ops.lock"
 
 # Messages waiting to be tried again after a transient failure: one queue per
 # delay, each holding its messages for that long (message TTL) and then
@@ -86,6 +90,10 @@ HEADER_ERROR_CLASS = "x-flowscribe-error-class"
 HEADER_ERROR_STAGE = "x-flowscribe-error-stage"  # decode | validate | database | retry
 HEADER_DEAD_LETTERED_AT = "x-flowscribe-dead-lettered-at"  # ISO 8601, UTC
 HEADER_DEAD_LETTERED_BY = "x-flowscribe-dead-lettered-by"  # worker connection name
+
+# Headers the ops commands set (flowscribe-ingest dlq replay / reprocess).
+HEADER_REPLAYS = "x-flowscribe-replays"  # how often the message was replayed from the dead-letter queue
+HEADER_REPROCESS = "x-flowscribe-reprocess"  # "1": re-derive the rows of this stored callback
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

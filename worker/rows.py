@@ -22,6 +22,7 @@ class Callback:
     body_sha256: str
     body: bytes
     payload: Payload
+    reprocess: bool = False  # re-derive a stored callback's rows (see worker.store)
 
     @property
     def analysis(self) -> ConversationAnalysis | None:

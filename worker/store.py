@@ -16,6 +16,19 @@ Per batch, inside one transaction:
    - older than the stored version: ``superseded``, nothing of it is written.
 4. Write with bulk operations only: one DELETE per table for replaced analyses,
    one COPY per table for new rows, one upsert for jobs.
+
+A *reprocess* message (header ``x-flowscribe-reprocess``, published by
+``flowscribe-ingest reprocess`` with a stored callback's own id and body)
+re-derives that callback's rows, e.g. after a decoder fix. Its id being stored
+is then the point, not a redelivery, and its body is of course stored already:
+it stays a ``duplicate`` only if its ledger row says so (that is fixed by the
+order callbacks arrived in, which reprocessing does not change). Otherwise the
+rules above apply, except that it rewrites its analysis when its version is
+the stored one too (``>=``), and its ledger row is updated, never inserted.
+
+``read_stored`` and ``decide`` are the read and the pure decision, apart from
+the writes, so that ``flowscribe-ingest dlq replay --dry-run`` can predict an
+outcome with the very same rules.
 """
 
 from __future__ import annotations
@@ -78,58 +91,70 @@ async def write_batch(conn: asyncpg.Connection, callbacks: list[Callback]) -> Ba
             " FROM (SELECT k FROM unnest($1::bigint[]) AS k ORDER BY k) AS keys",
             lock_keys(callbacks),
         )
-        stored_ids = {
-            r[0]
-            for r in await conn.fetch(
-                f"SELECT id FROM {SCHEMA}.callbacks WHERE id = ANY($1::uuid[])",
-                [cb.id for cb in callbacks],
-            )
-        }
-        stored_bodies = {
-            r[0]
-            for r in await conn.fetch(
-                f"SELECT DISTINCT body_sha256 FROM {SCHEMA}.callbacks WHERE body_sha256 = ANY($1::text[])",
-                list({cb.body_sha256 for cb in callbacks}),
-            )
-        }
-        analysis_ids = list({cb.analysis.ID for cb in callbacks if cb.analysis is not None})
-        stored_versions = {
-            r["id"]: (r["received_at"], r["callback_id"])
-            for r in await conn.fetch(
-                f"SELECT id, received_at, callback_id FROM {SCHEMA}.analyses WHERE id = ANY($1::uuid[])",
-                analysis_ids,
-            )
-        }
-        plan = _decide(callbacks, stored_ids, stored_bodies, stored_versions)
-        rows = await _write(conn, plan, set(stored_versions))
+        stored = await read_stored(conn, callbacks)
+        plan = decide(callbacks, stored)
+        rows = await _write(conn, plan, set(stored.versions))
     return BatchResult(plan.outcomes, rows)
 
 
 @dataclasses.dataclass(slots=True)
-class _Plan:
+class Stored:
+    """What the database already holds for the keys of a batch."""
+
+    outcomes: dict[uuid.UUID, str]  # ledger outcome by callback id
+    bodies: set[str]  # body digests
+    versions: dict[uuid.UUID, tuple[object, uuid.UUID]]  # (received_at, callback_id) by analysis id
+
+
+async def read_stored(conn: asyncpg.Connection, callbacks: list[Callback]) -> Stored:
+    outcomes = {
+        r[0]: r[1]
+        for r in await conn.fetch(
+            f"SELECT id, outcome FROM {SCHEMA}.callbacks WHERE id = ANY($1::uuid[])",
+            [cb.id for cb in callbacks],
+        )
+    }
+    bodies = {
+        r[0]
+        for r in await conn.fetch(
+            f"SELECT DISTINCT body_sha256 FROM {SCHEMA}.callbacks WHERE body_sha256 = ANY($1::text[])",
+            list({cb.body_sha256 for cb in callbacks}),
+        )
+    }
+    analysis_ids = list({cb.analysis.ID for cb in callbacks if cb.analysis is not None})
+    versions = {
+        r["id"]: (r["received_at"], r["callback_id"])
+        for r in await conn.fetch(
+            f"SELECT id, received_at, callback_id FROM {SCHEMA}.analyses WHERE id = ANY($1::uuid[])",
+            analysis_ids,
+        )
+    }
+    return Stored(outcomes, bodies, versions)
+
+
+@dataclasses.dataclass(slots=True)
+class Plan:
     outcomes: dict[uuid.UUID, Outcome] = dataclasses.field(default_factory=dict)
     ledger: list[Callback] = dataclasses.field(default_factory=list)  # rows for `callbacks`
+    reruns: list[Callback] = dataclasses.field(default_factory=list)  # reprocessed: ledger rows to update
     winners: dict[uuid.UUID, Callback] = dataclasses.field(default_factory=dict)  # by analysis id
     jobs: dict[uuid.UUID, Callback] = dataclasses.field(default_factory=dict)  # newest by job id
 
 
-def _decide(
-    callbacks: list[Callback],
-    stored_ids: set[uuid.UUID],
-    stored_bodies: set[str],
-    stored_versions: dict[uuid.UUID, tuple[object, uuid.UUID]],
-) -> _Plan:
-    plan = _Plan()
-    seen_ids = set(stored_ids)
-    seen_bodies = set(stored_bodies)
-    versions = dict(stored_versions)
+def decide(callbacks: list[Callback], stored: Stored) -> Plan:
+    """Each callback's outcome and what to write; pure (see the module docstring)."""
+    plan = Plan()
+    seen_ids = set(stored.outcomes)
+    seen_bodies = set(stored.bodies)
+    versions = dict(stored.versions)
     for cb in sorted(callbacks, key=lambda c: c.version):
-        if cb.id in seen_ids:
+        rerun = cb.reprocess and cb.id in stored.outcomes
+        if cb.id in seen_ids and not rerun:
             plan.outcomes[cb.id] = Outcome.REDELIVERED
             continue
         seen_ids.add(cb.id)
-        plan.ledger.append(cb)
-        if cb.body_sha256 in seen_bodies:
+        (plan.reruns if rerun else plan.ledger).append(cb)
+        if (stored.outcomes[cb.id] == Outcome.DUPLICATE) if rerun else (cb.body_sha256 in seen_bodies):
             plan.outcomes[cb.id] = Outcome.DUPLICATE
             continue
         seen_bodies.add(cb.body_sha256)
@@ -141,7 +166,7 @@ def _decide(
             continue
         analysis_id = cb.analysis.ID  # type: ignore[union-attr]  # job_failed covers None
         current = versions.get(analysis_id)
-        if current is not None and current >= cb.version:
+        if current is not None and (current > cb.version if rerun else current >= cb.version):
             plan.outcomes[cb.id] = Outcome.SUPERSEDED
             continue
         previous = plan.winners.get(analysis_id)
@@ -162,7 +187,7 @@ async def _copy(conn: asyncpg.Connection, table: str, columns: list[str], record
     return len(records)
 
 
-async def _write(conn: asyncpg.Connection, plan: _Plan, stored: set[uuid.UUID]) -> dict[str, int]:
+async def _write(conn: asyncpg.Connection, plan: Plan, stored: set[uuid.UUID]) -> dict[str, int]:
     rows: dict[str, int] = {}
     replaced = [analysis_id for analysis_id in plan.winners if analysis_id in stored]
     if replaced:
@@ -186,8 +211,8 @@ async def _write(conn: asyncpg.Connection, plan: _Plan, stored: set[uuid.UUID]) 
                 success = excluded.success, error_msg = excluded.error_msg,
                 analysis_id = excluded.analysis_id, received_at = excluded.received_at,
                 callback_id = excluded.callback_id
-            WHERE (j.received_at, j.callback_id) < (excluded.received_at, excluded.callback_id)
-            """,
+            WHERE (j.received_at, j.callback_id) <= (excluded.received_at, excluded.callback_id)
+            """,  # "=": only a reprocessed callback meets its own job row, which it rewrites
             [cb.job_id for cb in jobs],
             [cb.payload.JobStatus.Success for cb in jobs],  # type: ignore[union-attr]
             [cb.payload.JobStatus.ErrorMsg for cb in jobs],  # type: ignore[union-attr]
@@ -211,4 +236,18 @@ async def _write(conn: asyncpg.Connection, plan: _Plan, stored: set[uuid.UUID]) 
             for cb in plan.ledger
         ],
     )
+    if plan.reruns:
+        await conn.execute(
+            f"""
+            UPDATE {SCHEMA}.callbacks AS c
+            SET outcome = u.outcome, processed_at = now(), analysis_id = u.analysis_id, job_id = u.job_id
+            FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::uuid[]) AS u (id, outcome, analysis_id, job_id)
+            WHERE c.id = u.id
+            """,
+            [cb.id for cb in plan.reruns],
+            [plan.outcomes[cb.id].value for cb in plan.reruns],
+            [cb.analysis.ID if cb.analysis is not None else None for cb in plan.reruns],
+            [cb.job_id for cb in plan.reruns],
+        )
+        rows["callbacks"] += len(plan.reruns)
     return rows

@@ -1,0 +1,166 @@
+"""``reprocess``: run stored callbacks through the worker again, from the archive's exact bytes.
+
+For when rows came out wrong and the fix is in the code (a decoder fix): each
+chosen callback of ``flowscribe.callbacks`` is published again with its own
+message id, receive time, content type and body, plus ``x-flowscribe-reprocess:
+1``. The worker then re-derives its rows under the usual rules with two
+differences (see ``worker.store``): its ledger row is updated, never doubled,
+and it rewrites its analysis when it *is* the stored version. An older
+version is ``superseded`` (also one that was ``ingested`` before a newer one
+came), a ``duplicate`` stays one, a ``job_failed`` re-evaluates its job. Callbacks that never landed are not in the archive:
+they are in the dead-letter queue (``dlq replay``).
+
+A body that no longer decodes with this version's decoder is not published
+(the worker would only dead-letter it) and is reported as failed.
+``--dry-run`` publishes nothing and predicts each outcome (``ops.predict``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import datetime
+import hashlib
+import uuid
+from collections.abc import AsyncIterator
+
+import aio_pika
+import asyncpg
+
+from flowscribe_ingest.settings import Settings
+from ops import connect, predict
+from ops.errors import OpsError
+from ops.publish import Pacer, confirmed
+from ops.render import Console, Progress, shorten, table, when
+from schemas import topology
+from worker.decoding import PayloadDecodeError, decode_payload
+from worker.failures import describe
+from worker.rows import Callback
+
+PAGE = 200
+
+_SELECT = """
+    SELECT id, received_at, content_type, body_sha256, body, outcome, analysis_id
+    FROM flowscribe.callbacks
+    WHERE ($1::timestamptz IS NULL OR received_at >= $1)
+      AND ($2::timestamptz IS NULL OR received_at < $2)
+      AND ($3::uuid[] IS NULL OR analysis_id = ANY($3))
+      AND ($4::text[] IS NULL OR outcome = ANY($4))
+      AND (received_at, id) > ($5, $6)
+    ORDER BY received_at, id
+    LIMIT $7
+"""
+_COUNT = """
+    SELECT count(*) FROM flowscribe.callbacks
+    WHERE ($1::timestamptz IS NULL OR received_at >= $1)
+      AND ($2::timestamptz IS NULL OR received_at < $2)
+      AND ($3::uuid[] IS NULL OR analysis_id = ANY($3))
+      AND ($4::text[] IS NULL OR outcome = ANY($4))
+"""
+
+
+def _filters(args: argparse.Namespace) -> tuple[object, ...]:
+    return (args.since, args.until, args.analysis_id or None, args.outcome or None)
+
+
+async def _archived(conn: asyncpg.Connection, args: argparse.Namespace) -> AsyncIterator[asyncpg.Record]:
+    """Chosen ledger rows in receive order, a page at a time (bodies can be large)."""
+    after: tuple[datetime.datetime, uuid.UUID] = (datetime.datetime.min.replace(tzinfo=datetime.UTC), uuid.UUID(int=0))
+    left = args.limit
+    while left is None or left > 0:
+        page = PAGE if left is None else min(PAGE, left)
+        rows = await conn.fetch(_SELECT, *_filters(args), *after, page)
+        for row in rows:
+            yield row
+        if len(rows) < page:
+            return
+        after = (rows[-1]["received_at"], rows[-1]["id"])
+        if left is not None:
+            left -= len(rows)
+
+
+def _callback(row: asyncpg.Record) -> Callback:
+    """The ledger row decoded as the worker will decode the reprocess message (raises PayloadDecodeError)."""
+    payload = decode_payload(row["body"], row["content_type"])
+    return Callback(row["id"], row["received_at"], row["content_type"], row["body_sha256"], row["body"],
+                    payload, reprocess=True)
+
+
+def reprocess_message(row: asyncpg.Record) -> aio_pika.Message:
+    """A stored callback as the gateway published it, marked for reprocessing."""
+    body = bytes(row["body"])
+    received_at: datetime.datetime = row["received_at"]
+    return aio_pika.Message(
+        body,
+        message_id=str(row["id"]),
+        content_type=row["content_type"],
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        headers={
+            # Microseconds exactly: the version order compares receive times.
+            topology.HEADER_RECEIVED_AT: received_at.astimezone(datetime.UTC).isoformat(timespec="microseconds"),
+            topology.HEADER_BODY_SHA256: hashlib.sha256(body).hexdigest(),
+            topology.HEADER_REPROCESS: "1",
+        },
+    )
+
+
+async def reprocess_command(settings: Settings, args: argparse.Namespace, console: Console) -> int:
+    async with connect.database(settings) as conn:
+        if args.dry_run:
+            return await _dry_run(conn, args, console)
+        total = await conn.fetchval(_COUNT, *_filters(args))
+        total = total if args.limit is None else min(total, args.limit)
+        counts: collections.Counter[str] = collections.Counter({"published": 0, "failed": 0})
+        async with connect.broker(settings) as (_connection, _channel, declared):
+            progress = Progress(console, "reprocessing", total)
+            pacer = Pacer(args.rate)
+            try:
+                async for row in _archived(conn, args):
+                    try:
+                        _callback(row)
+                    except PayloadDecodeError as e:
+                        counts["failed"] += 1
+                        console.note(f"failed {row['id']}: no longer decodes ({describe(e)}); not published")
+                    else:
+                        await pacer.wait()
+                        try:
+                            await confirmed(declared.callback_exchange, reprocess_message(row),
+                                            topology.CALLBACK_ROUTING_KEY, settings.publish_timeout)
+                        except Exception as e:  # noqa: BLE001
+                            raise OpsError(
+                                f"the broker did not confirm callback {row['id']} ({describe(e)});"
+                                f" {counts['published']} were published before it: run again with"
+                                f" --since {row['received_at'].isoformat()} to go on from there"
+                            ) from None
+                        counts["published"] += 1
+                    progress.update(counts["published"] + counts["failed"], **counts)
+            finally:
+                progress.close()
+    console.say(f"published {counts['published']} for reprocessing, failed {counts['failed']};"
+                " the workers rewrite them (their ledger rows get a new processed_at)")
+    return 1 if counts["failed"] else 0
+
+
+async def _dry_run(conn: asyncpg.Connection, args: argparse.Namespace, console: Console) -> int:
+    chosen: list[tuple[dict, Callback | None]] = []
+    async for row in _archived(conn, args):
+        shown = {"message_id": str(row["id"]), "received_at": when(row["received_at"]),
+                 "analysis_id": str(row["analysis_id"] or ""), "outcome": row["outcome"]}
+        try:
+            chosen.append((shown, _callback(row)))
+        except PayloadDecodeError as e:
+            shown["effect"] = f"{predict.STILL_FAILS}: {shorten(describe(e), 60)}"
+            chosen.append((shown, None))
+    decodable = [cb for _, cb in chosen if cb is not None]
+    effects = iter(await predict.predict(conn, decodable) if decodable else [])
+    tally: collections.Counter[str] = collections.Counter()
+    for shown, callback in chosen:
+        if callback is not None:
+            shown["effect"] = next(effects)
+        tally[shown["effect"].partition(":")[0]] += 1
+    table(console, [("message_id", "CALLBACK ID"), ("received_at", "RECEIVED"), ("analysis_id", "ANALYSIS"),
+                    ("outcome", "OUTCOME NOW"), ("effect", "WOULD")], [s for s, _ in chosen])
+    breakdown = ", ".join(f"{n} {effect}" for effect, n in tally.items())
+    console.say(f"dry run: would reprocess {len(chosen)}" + (f" ({breakdown})" if breakdown else "")
+                + "; nothing was changed")
+    return 0
