@@ -1,4 +1,12 @@
-"""The aiohttp application: routes, the callback handler, health endpoints."""
+"""The aiohttp application: routes, the callback handler, health endpoints.
+
+A callback passes, in this order, the checks that cost the least and tell an
+outsider the least first: source network (403) and rate (429), before anything
+about the request is looked at; then the token (401) and the signature headers
+(401); then type (415) and announced size (413); then the body, read within its
+size, time (408) and the process's byte budget (503); then the signature over
+the exact bytes (401). Only then is it published, and 202 only once confirmed.
+"""
 
 from __future__ import annotations
 
@@ -6,39 +14,76 @@ import contextlib
 import hmac
 import logging
 import re
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 from aiohttp import web
 
 from flowscribe_ingest.amqp import BrokerSession
+from flowscribe_ingest.metrics import GatewayMetrics, metrics_handler
 from flowscribe_ingest.settings import Settings
+from gateway.body import BodyIncomplete, BodyTimeout, BodyTooLarge, read_body
+from gateway.limits import InflightBudget, OverBudget, RateLimiter, retry_after
 from gateway.publisher import PublishFailed, publish_callback
+from gateway.redaction import redact_path
+from gateway.routes import CALLBACK_PATH, HEALTH_PATH, METRICS_PATH, OPENAPI_PATH, READY_PATH
+from gateway.signatures import SignatureError, SignatureVerifier
+from gateway.sources import SourcePolicy, rate_key
 
 log = logging.getLogger("gateway")
 
 SETTINGS = web.AppKey("settings", Settings)
 BROKER = web.AppKey("broker", BrokerSession)
+SOURCES = web.AppKey("sources", SourcePolicy)
+BUDGET = web.AppKey("inflight_budget", InflightBudget)
+RATE_LIMITER = web.AppKey("rate_limiter", RateLimiter)  # absent: no rate limit
+SIGNATURES = web.AppKey("signatures", SignatureVerifier)  # absent: signatures not required
+METRICS = web.AppKey("metrics", GatewayMetrics)
 
-CALLBACK_PATH = "/flowscribe/callback"
+__all__ = ["CALLBACK_PATH", "create_app", "token_is_valid"]
 
 # Media types Flowscribe sends; the worker picks its decoder from the same value.
 ACCEPTED_TYPES = frozenset({"application/json", "text/json", "application/xml", "text/xml"})
 # A charset name as IANA registers them; anything else is not a charset we can decode.
 _CHARSET = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:+-]{0,39}")
 
+OPENAPI_FILE = Path(__file__).with_name("openapi.yaml")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
 
 def create_app(settings: Settings) -> web.Application:
-    # client_max_size makes aiohttp itself stop reading a body past the limit,
-    # including chunked bodies that announce no length.
-    app = web.Application(client_max_size=settings.max_body_bytes)
+    metrics = GatewayMetrics()
+    # client_max_size is a backstop for any future request.read(); the
+    # callback handler counts bytes itself as they arrive (gateway.body).
+    # Metrics outermost, so that every answer is counted: 403/429 from the guard, 500 from a bug.
+    app = web.Application(
+        client_max_size=settings.max_body_bytes,
+        middlewares=[metrics.count_responses(CALLBACK_PATH), _json_errors, _source_guard],
+    )
     app[SETTINGS] = settings
+    app[METRICS] = metrics
+    app[SOURCES] = SourcePolicy(settings.allowed_networks, settings.trusted_proxies)
+    app[BUDGET] = InflightBudget(settings.max_inflight_bytes)
+    if settings.rate_limit > 0:
+        app[RATE_LIMITER] = RateLimiter(settings.rate_limit, settings.rate_burst)
+    if settings.signing_secrets:
+        app[SIGNATURES] = SignatureVerifier(settings.signing_secrets, settings.signature_tolerance)
     app.cleanup_ctx.append(_broker_session)
     app.router.add_post(CALLBACK_PATH + "/{token}", receive_callback)
     # No token at all gets the same answer as a wrong one.
     app.router.add_post(CALLBACK_PATH, _unauthorized)
     app.router.add_post(CALLBACK_PATH + "/", _unauthorized)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
+    app.router.add_get(HEALTH_PATH, healthz)
+    app.router.add_get(READY_PATH, readyz)
+    app.router.add_get(METRICS_PATH, metrics_handler(metrics.registry))
+    openapi = OPENAPI_FILE.read_bytes()  # read once: it is part of the code
+
+    async def openapi_document(request: web.Request) -> web.Response:
+        return web.Response(body=openapi, content_type="application/yaml")
+
+    app.router.add_get(OPENAPI_PATH, openapi_document)
     return app
 
 
@@ -57,9 +102,47 @@ def _error(status: int, reason: str, **headers: str) -> web.Response:
     return web.json_response({"error": reason}, status=status, headers=headers)
 
 
+def _unavailable(settings: Settings, reason: str) -> web.Response:
+    return _error(503, reason, **{"Retry-After": str(settings.retry_after)})
+
+
+@web.middleware
+async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A bug answers a JSON 500 and is logged once, with the token redacted from the path."""
+    try:
+        return await handler(request)
+    except web.HTTPException:
+        raise
+    except Exception:
+        log.exception("unhandled error", extra={"method": request.method, "path": redact_path(request.path)})
+        return _error(500, "internal error")
+
+
+def _is_callback(path: str) -> bool:
+    return path == CALLBACK_PATH or path.startswith(CALLBACK_PATH + "/")
+
+
+@web.middleware
+async def _source_guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Callback paths only: the source must be in the allow-list and within its rate."""
+    if not _is_callback(request.path):
+        return await handler(request)
+    app = request.app
+    source = app[SOURCES].source(request.remote, request.headers.getall("X-Forwarded-For", ()))
+    if not app[SOURCES].admits(source):
+        return _error(403, "source address not allowed")
+    limiter = app.get(RATE_LIMITER)
+    if limiter is not None:
+        wait = limiter.acquire(rate_key(source))
+        if wait > 0:
+            return _error(429, "too many requests from this source", **{"Retry-After": retry_after(wait)})
+    return await handler(request)
+
+
 def token_is_valid(presented: str, accepted: tuple[str, ...]) -> bool:
     """Constant-time against every accepted token (no early exit on a match)."""
-    presented_bytes = presented.encode()
+    # surrogatepass: a path may decode to lone surrogates; they must compare, not raise.
+    presented_bytes = presented.encode("utf-8", "surrogatepass")
     valid = False
     for token in accepted:
         valid |= hmac.compare_digest(presented_bytes, token.encode())
@@ -71,9 +154,17 @@ async def _unauthorized(request: web.Request) -> web.Response:
 
 
 async def receive_callback(request: web.Request) -> web.Response:
-    settings = request.app[SETTINGS]
+    app = request.app
+    settings = app[SETTINGS]
     if not token_is_valid(request.match_info["token"], settings.callback_tokens):
         return await _unauthorized(request)
+    verifier = app.get(SIGNATURES)
+    signed = None
+    if verifier is not None:
+        try:
+            signed = verifier.check_headers(request.headers, time.time())
+        except SignatureError as e:
+            return _error(401, f"signature refused: {e}")
 
     if request.content_type not in ACCEPTED_TYPES:
         return _error(
@@ -81,29 +172,49 @@ async def receive_callback(request: web.Request) -> web.Response:
             f"unsupported content type {request.content_type!r};"
             f" send one of {', '.join(sorted(ACCEPTED_TYPES))}",
         )
-    if request.content_length is not None and request.content_length > settings.max_body_bytes:
-        return _error(413, f"body larger than {settings.max_body_bytes} bytes")
-    try:
-        body = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        return _error(413, f"body larger than {settings.max_body_bytes} bytes")
-    if not body:
-        return _error(400, "empty body")
-
-    content_type = request.content_type
     if request.charset is not None and not _CHARSET.fullmatch(request.charset):
         return _error(415, "unsupported charset parameter")
-    if request.charset:
-        content_type = f"{content_type}; charset={request.charset}"
-    try:
-        message_id = await publish_callback(
-            request.app[BROKER], body, content_type, settings.publish_timeout
-        )
-    except PublishFailed as e:
-        log.warning("callback not accepted: broker did not confirm", extra={"reason": str(e), "bytes": len(body)})
-        return _error(
-            503, "the callback could not be stored; retry later", **{"Retry-After": str(settings.retry_after)}
-        )
+    too_large = f"body larger than {settings.max_body_bytes} bytes"
+    if request.content_length is not None and request.content_length > settings.max_body_bytes:
+        return _error(413, too_large)
+    budget = app[BUDGET]
+    if request.content_length is not None and request.content_length > budget.available:
+        log.warning("callback not accepted: in-flight byte budget exhausted",
+                    extra={"bytes": request.content_length, "in_flight": budget.used})
+        return _unavailable(settings, "the gateway is busy; retry later")
+
+    with budget.hold() as holding:
+        try:
+            body = await read_body(
+                request, limit=settings.max_body_bytes, holding=holding, timeout=settings.body_read_timeout
+            )
+        except BodyTooLarge:
+            return _error(413, too_large)
+        except BodyTimeout as e:
+            return _error(408, str(e))
+        except BodyIncomplete as e:
+            return _error(400, str(e))
+        except OverBudget:
+            log.warning("callback not accepted: in-flight byte budget exhausted",
+                        extra={"bytes": holding.bytes, "in_flight": budget.used})
+            return _unavailable(settings, "the gateway is busy; retry later")
+        if not body:
+            return _error(400, "empty body")
+        if signed is not None and verifier is not None:
+            try:
+                verifier.verify(signed, body)
+            except SignatureError as e:
+                return _error(401, f"signature refused: {e}")
+
+        content_type = request.content_type
+        if request.charset:
+            content_type = f"{content_type}; charset={request.charset}"
+        try:
+            with app[METRICS].publishing():
+                message_id = await publish_callback(app[BROKER], body, content_type, settings.publish_timeout)
+        except PublishFailed as e:
+            log.warning("callback not accepted: broker did not confirm", extra={"reason": str(e), "bytes": len(body)})
+            return _unavailable(settings, "the callback could not be stored; retry later")
     log.info("callback accepted", extra={"message_id": message_id, "bytes": len(body), "content_type": content_type})
     return web.json_response({"id": message_id}, status=202)
 
@@ -115,4 +226,4 @@ async def healthz(request: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     if request.app[BROKER].ready:
         return web.json_response({"status": "ready"})
-    return _error(503, "broker not connected", **{"Retry-After": str(request.app[SETTINGS].retry_after)})
+    return _unavailable(request.app[SETTINGS], "broker not connected")

@@ -4,30 +4,30 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
+from typing import Any
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
 from flowscribe_ingest.lifecycle import stop_on_signals
 from flowscribe_ingest.settings import Settings
-from gateway.app import CALLBACK_PATH, create_app
+from gateway.app import create_app
+from gateway.redaction import redact_path, redacted_logs
+from gateway.routes import HEALTH_PATH, METRICS_PATH, READY_PATH
+
+__all__ = ["AccessLog", "redact_path", "serve", "server_options", "warn_about_settings"]
 
 log = logging.getLogger("gateway")
 
-# The token is part of the URL: whatever follows the callback prefix is never logged.
-_TOKEN_IN_PATH = re.compile(re.escape(CALLBACK_PATH) + r"/[^?#]*")
-
-
-def redact_path(path: str) -> str:
-    return _TOKEN_IN_PATH.sub(CALLBACK_PATH + "/<redacted>", path)
+# secrets.token_urlsafe(16) is 22 characters: 128 bits, the least we advise.
+MIN_TOKEN_LENGTH = 22
 
 
 class AccessLog(AbstractAccessLogger):
     """One structured line per request, with the token redacted from the path."""
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
-        level = logging.DEBUG if request.path in ("/healthz", "/readyz") else logging.INFO
+        level = logging.DEBUG if request.path in (HEALTH_PATH, READY_PATH, METRICS_PATH) else logging.INFO
         self.logger.log(
             level,
             "request",
@@ -42,27 +42,56 @@ class AccessLog(AbstractAccessLogger):
         )
 
 
+def server_options(settings: Settings) -> dict[str, Any]:
+    """aiohttp server arguments for ``AppRunner``/``TestServer``: logging and connection deadlines."""
+    return {
+        "access_log_class": AccessLog,
+        "access_log": logging.getLogger("gateway.access"),
+        # aiohttp arms its keep-alive timer when a connection opens and re-arms it
+        # after each response, but not on partial input: a request head trickled
+        # byte by byte (slow loris) is cut off when it expires, like an idle one.
+        "keepalive_timeout": settings.header_read_timeout,
+    }
+
+
+def warn_about_settings(settings: Settings) -> None:
+    """Log settings that work but weaken the gateway (never a token itself: only its position)."""
+    short = [i for i, token in enumerate(settings.callback_tokens, 1) if len(token) < MIN_TOKEN_LENGTH]
+    if short:
+        log.warning(
+            "callback token shorter than advised; make one with `flowscribe-ingest token new`",
+            extra={"token_positions": short, "min_length": MIN_TOKEN_LENGTH},
+        )
+    if settings.max_inflight_bytes < settings.max_body_bytes:
+        log.warning(
+            "FLOWSCRIBE_MAX_INFLIGHT_BYTES is below FLOWSCRIBE_MAX_BODY_BYTES: the largest bodies allowed"
+            " can never be accepted (503)",
+            extra={"max_inflight_bytes": settings.max_inflight_bytes, "max_body_bytes": settings.max_body_bytes},
+        )
+
+
 async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     """Serve until ``stop`` is set (by default: until SIGTERM/SIGINT)."""
     if not settings.callback_tokens:
         raise SystemExit("FLOWSCRIBE_CALLBACK_TOKENS is empty: set at least one callback token")
     stop = stop or asyncio.Event()
-    runner = web.AppRunner(
-        create_app(settings),
-        access_log_class=AccessLog,
-        access_log=logging.getLogger("gateway.access"),
-        shutdown_timeout=settings.shutdown_timeout,
-        handle_signals=False,
-    )
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, settings.gateway_host, settings.gateway_port)
-        await site.start()
-        host, port = runner.addresses[0][:2]
-        log.info("gateway listening", extra={"host": host, "port": port})
-        with stop_on_signals(stop):
-            await stop.wait()
-        log.info("gateway stopping: finishing in-flight requests")
-    finally:
-        await runner.cleanup()
-    log.info("gateway stopped")
+    with redacted_logs(settings.callback_tokens):
+        warn_about_settings(settings)
+        runner = web.AppRunner(
+            create_app(settings),
+            shutdown_timeout=settings.shutdown_timeout,
+            handle_signals=False,
+            **server_options(settings),
+        )
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, settings.gateway_host, settings.gateway_port)
+            await site.start()
+            host, port = runner.addresses[0][:2]
+            log.info("gateway listening", extra={"host": host, "port": port})
+            with stop_on_signals(stop):
+                await stop.wait()
+            log.info("gateway stopping: finishing in-flight requests")
+        finally:
+            await runner.cleanup()
+        log.info("gateway stopped")
