@@ -1,12 +1,16 @@
 FROM python:3.11-slim
 WORKDIR /app
 COPY pyproject.toml README.md ./
+# Every package pyproject.toml lists (tests/test_deploy.py keeps them in step).
 COPY flowscribe_ingest ./flowscribe_ingest
 COPY gateway ./gateway
 COPY worker ./worker
 COPY schemas ./schemas
+COPY ops ./ops
 RUN pip install --no-cache-dir . && useradd --system --uid 10001 flowscribe
 USER flowscribe
 ENV FLOWSCRIBE_LOG_FORMAT=json
+# 8080: the gateway (callbacks, /metrics, /healthz, /readyz); 8081: a worker's /metrics, /healthz, /readyz.
+EXPOSE 8080 8081
 ENTRYPOINT ["flowscribe-ingest"]
 CMD ["gateway"]

@@ -7,8 +7,9 @@ import asyncio
 import logging
 import sys
 
-from flowscribe_ingest import logs
+from flowscribe_ingest import logs, register
 from flowscribe_ingest.settings import Settings, SettingsError
+from ops import commands as ops_commands
 
 log = logging.getLogger("flowscribe_ingest")
 
@@ -53,16 +54,45 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (_, help_text) in COMMANDS.items():
         sub.add_parser(name, help=help_text, description=help_text)
+    # Not a process: needs no settings, logs nothing (what it prints is a secret).
+    token = sub.add_parser("token", help="make secrets", description="make secrets")
+    actions = token.add_subparsers(dest="action", required=True, metavar="ACTION")
+    new = actions.add_parser(
+        "new", help="print a new callback token (256 random bits)",
+        description="Print a new callback token for FLOWSCRIBE_CALLBACK_TOKENS (256 random bits).",
+    )
+    new.add_argument("--signing-secret", action="store_true",
+                     help="print a Standard Webhooks secret (whsec_...) for FLOWSCRIBE_SIGNING_SECRETS instead")
+    # Operator tools (dlq ..., reprocess): short runs, defined and run by ops.commands.
+    ops_commands.add_parsers(sub)
+    # Not a process either: one call to Flowscribe; prints, logs nothing.
+    register.add_parser(sub)
     return parser
+
+
+def new_secret(signing: bool = False) -> str:
+    import base64
+    import secrets
+
+    if signing:
+        return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+    return secrets.token_urlsafe(32)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "token":
+        print(new_secret(signing=args.signing_secret))
+        return 0
     try:
         settings = Settings.from_env()
     except SettingsError as e:
         print(f"flowscribe-ingest: bad setting: {e}", file=sys.stderr)
         return 2
+    if hasattr(args, "ops"):
+        return ops_commands.main(settings, args)
+    if args.command == "register":
+        return register.main(settings, args)
     logs.configure(args.command, settings.log_format, settings.log_level)
     log.info("starting", extra={"command": args.command, "settings": settings.public()})
     run, _ = COMMANDS[args.command]

@@ -7,8 +7,12 @@ step).
 
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
+import ipaddress
 import os
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -26,8 +30,48 @@ class Secrets(tuple):
     __str__ = __repr__
 
 
+# A token travels in the URL path, and the gateway finds it in log lines to
+# redact it: only characters that appear verbatim in a URL, JSON or a repr.
+_TOKEN = re.compile(r"[A-Za-z0-9._~-]+")
+
+
 def _tokens(raw: str) -> Secrets:
-    return Secrets(t.strip() for t in raw.split(",") if t.strip())
+    tokens = Secrets(t.strip() for t in raw.split(",") if t.strip())
+    if not all(_TOKEN.fullmatch(t) for t in tokens):
+        raise ValueError("tokens may contain only letters, digits and . _ ~ -")
+    return tokens
+
+
+def _signing_secrets(raw: str) -> Secrets:
+    """Standard Webhooks secrets, ``whsec_<base64>``, as the raw HMAC keys."""
+    keys = []
+    for secret in (s.strip() for s in raw.split(",")):
+        if not secret:
+            continue
+        try:
+            key = base64.b64decode(secret.removeprefix("whsec_"), validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError("each secret must be whsec_ followed by base64") from None
+        if len(key) < 16:
+            raise ValueError("each secret must decode to at least 16 bytes")
+        keys.append(key)
+    return Secrets(keys)
+
+
+def _secret(raw: str) -> Secrets:
+    """One secret (an API key) as it is, in Secrets so that it is never shown."""
+    return Secrets([raw.strip()]) if raw.strip() else Secrets()
+
+
+def _networks(raw: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    return tuple(ipaddress.ip_network(n.strip(), strict=False) for n in raw.split(",") if n.strip())
+
+
+def _non_negative_float(raw: str) -> float:
+    value = float(raw)
+    if not value >= 0 or value == float("inf"):
+        raise ValueError("must be >= 0")
+    return value
 
 
 def _positive_int(raw: str) -> int:
@@ -90,6 +134,47 @@ class Settings:
         "FLOWSCRIBE_RETRY_AFTER", 5, _positive_int,
         "Seconds put in `Retry-After` on a 503.",
     )
+    signing_secrets: Secrets = _setting(
+        "FLOWSCRIBE_SIGNING_SECRETS", Secrets(), _signing_secrets,
+        "Comma-separated Standard Webhooks secrets (`whsec_<base64>`). When set, a callback must"
+        " also carry a valid `webhook-signature` by one of them (several: rotation), else 401. Empty: off.",
+    )
+    signature_tolerance: float = _setting(
+        "FLOWSCRIBE_SIGNATURE_TOLERANCE", 300.0, _positive_float,
+        "Seconds a signed callback's `webhook-timestamp` may differ from the gateway's clock.",
+    )
+    allowed_networks: tuple[Any, ...] = _setting(
+        "FLOWSCRIBE_ALLOWED_NETWORKS", (), _networks,
+        "Comma-separated CIDRs callbacks may come from; others get 403. Empty: any source.",
+    )
+    trusted_proxies: tuple[Any, ...] = _setting(
+        "FLOWSCRIBE_TRUSTED_PROXIES", (), _networks,
+        "Comma-separated CIDRs of reverse proxies whose `X-Forwarded-For` is believed (the right-most"
+        " address not in this list is the source). Empty: the TCP peer is the source.",
+    )
+    rate_limit: float = _setting(
+        "FLOWSCRIBE_RATE_LIMIT", 0.0, _non_negative_float,
+        "Callback requests per second allowed per source address, beyond the burst; more get 429"
+        " with `Retry-After`. 0: off.",
+    )
+    rate_burst: int = _setting(
+        "FLOWSCRIBE_RATE_BURST", 20, _positive_int,
+        "Requests a source may send at once before `FLOWSCRIBE_RATE_LIMIT` applies.",
+    )
+    max_inflight_bytes: int = _setting(
+        "FLOWSCRIBE_MAX_INFLIGHT_BYTES", 64 * 1024 * 1024, _positive_int,
+        "Most callback body bytes the gateway holds at once (being received or published);"
+        " past it, 503 with `Retry-After`. Bounds the gateway's memory whatever the number of clients.",
+    )
+    body_read_timeout: float = _setting(
+        "FLOWSCRIBE_BODY_READ_TIMEOUT", 30.0, _positive_float,
+        "Seconds a client has to send the whole body; slower ones get 408.",
+    )
+    header_read_timeout: float = _setting(
+        "FLOWSCRIBE_HEADER_READ_TIMEOUT", 15.0, _positive_float,
+        "Seconds a connection has to send a complete request head, after connecting or after its"
+        " previous response (idle keep-alive included); then it is closed.",
+    )
     batch_size: int = _setting(
         "FLOWSCRIBE_WORKER_BATCH_SIZE", 100, _positive_int,
         "Most callbacks a worker writes in one transaction.",
@@ -112,6 +197,15 @@ class Settings:
         "Longest pause between attempts while the database is unreachable; the worker"
         " holds its batch and retries until it is back (nothing is dead-lettered for it).",
     )
+    worker_http_host: str = _setting(
+        "FLOWSCRIBE_WORKER_HTTP_HOST", "0.0.0.0", str,
+        "Address the worker serves `/metrics`, `/healthz` and `/readyz` on.",
+    )
+    worker_http_port: int = _setting(
+        "FLOWSCRIBE_WORKER_HTTP_PORT", 8081, int,
+        "Port of the worker's `/metrics`, `/healthz` and `/readyz` (0: any free port; the bound"
+        " one is logged as `worker http listening`). Several workers on one host need one each, or 0.",
+    )
     shutdown_timeout: float = _setting(
         "FLOWSCRIBE_SHUTDOWN_TIMEOUT", 30.0, _positive_float,
         "Seconds a stopping process waits for work in hand; what is left returns to the queue.",
@@ -123,6 +217,11 @@ class Settings:
     log_level: str = _setting(
         "FLOWSCRIBE_LOG_LEVEL", "info", _choice("debug", "info", "warning", "error"),
         "Least severe level logged.",
+    )
+    api_key: Secrets = _setting(
+        "FLOWSCRIBE_API_KEY", Secrets(), _secret,
+        "Flowscribe API key, sent by `flowscribe-ingest register` in the header named by"
+        " `--api-key-header`; no other command reads it, none prints it.",
     )
 
     @classmethod
@@ -138,7 +237,7 @@ class Settings:
             try:
                 values[field.name] = field.metadata["parse"](raw)
             except ValueError as e:
-                shown = "<secret>" if field.name == "callback_tokens" else repr(raw)
+                shown = "<secret>" if isinstance(field.default, Secrets) else repr(raw)
                 raise SettingsError(f"{env}={shown}: {e}") from None
         values.update(overrides)
         return cls(**values)

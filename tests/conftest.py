@@ -15,7 +15,7 @@ import os
 import secrets
 import subprocess
 import urllib.parse
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import aio_pika
 import aiohttp
@@ -86,7 +86,20 @@ def base_settings(database_url: str, amqp_url: str) -> Settings:
         batch_wait=0.02,
         shutdown_timeout=10.0,
         log_format="text",
+        worker_http_port=0,
     )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _worker_http_on_free_ports() -> Iterator[None]:
+    """Worker processes the tests start serve their HTTP port on a free one, not all on 8081."""
+    previous = os.environ.get("FLOWSCRIBE_WORKER_HTTP_PORT")
+    os.environ["FLOWSCRIBE_WORKER_HTTP_PORT"] = "0"
+    yield
+    if previous is None:
+        del os.environ["FLOWSCRIBE_WORKER_HTTP_PORT"]
+    else:
+        os.environ["FLOWSCRIBE_WORKER_HTTP_PORT"] = previous
 
 
 @pytest.fixture(scope="session")

@@ -91,6 +91,23 @@ class TestCompose:
         for name in ("rabbitmq", "postgres", "gateway"):
             assert "healthcheck" in services[name], name
 
+    def test_health_checks_ordering_and_scaling(self):
+        """Long-running services are health-checked; app services wait for healthy dependencies; workers scale."""
+        services = yaml.safe_load((ROOT / "compose.yaml").read_text())["services"]
+        for name, service in services.items():
+            if "build" in service:  # ours: a real entry point, whatever the service's name
+                assert service["command"][0] in COMMANDS, name
+            if service.get("restart") != "no":  # the one-shot `migrate` is judged by its exit status
+                assert service["healthcheck"]["test"], name
+        for name in ("gateway", "worker"):
+            for dependency in ("rabbitmq", "postgres"):
+                assert services[name]["depends_on"][dependency]["condition"] == "service_healthy", name
+        for name, port_setting in (("gateway", "FLOWSCRIBE_GATEWAY_PORT"), ("worker", "FLOWSCRIBE_WORKER_HTTP_PORT")):
+            port = services[name]["environment"][port_setting]
+            assert f"http://127.0.0.1:{port}/readyz" in " ".join(services[name]["healthcheck"]["test"]), name
+        worker = services["worker"]
+        assert "container_name" not in worker and "ports" not in worker  # `--scale worker=N` must work
+
     def test_dockerfile_entrypoint_is_the_console_script(self):
         dockerfile = (ROOT / "Dockerfile").read_text()
         assert 'ENTRYPOINT ["flowscribe-ingest"]' in dockerfile

@@ -33,12 +33,14 @@ import asyncpg
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
 from flowscribe_ingest.amqp import BrokerSession, BrokerUnavailable
+from flowscribe_ingest.metrics import WorkerMetrics
 from flowscribe_ingest.settings import Settings
 from schemas import topology
 from schemas.topology import Topology
 from worker.dead_letter import attempts_so_far, dead_letter, retry_later
 from worker.decoding import PayloadDecodeError, decode_payload
 from worker.failures import Fault, classify, describe
+from worker.http import Readiness, serving
 from worker.rows import Callback
 from worker.store import Outcome, write_batch
 
@@ -67,7 +69,8 @@ def to_callback(message: AbstractIncomingMessage) -> Callback:
     if claimed is not None and claimed != digest:
         raise InvalidMessage("the body does not match its SHA-256 header (corrupted on the way)")
     payload = decode_payload(body, message.content_type)
-    return Callback(callback_id, received_at, message.content_type or "", digest, body, payload)
+    reprocess = headers.get(topology.HEADER_REPROCESS) == "1"
+    return Callback(callback_id, received_at, message.content_type or "", digest, body, payload, reprocess)
 
 
 def _received_at(header: object, timestamp: datetime.datetime | None) -> datetime.datetime:
@@ -103,6 +106,7 @@ class Worker:
         self._give_up_at = float("inf")
         self.name = f"worker@{socket.gethostname()}:{os.getpid()}"
         self.outcomes: Counter[str] = Counter()  # totals since start, for tests and logs
+        self.metrics = WorkerMetrics()  # the same and more, for Prometheus (worker.http)
 
     def use_broker(self, broker: BrokerSession) -> None:
         self._broker = broker
@@ -201,6 +205,7 @@ class Worker:
             if callback.id in messages:
                 # The same message twice in hand (redelivered after a reconnect): land it once.
                 self.outcomes[Outcome.REDELIVERED.value] += 1
+                self.metrics.count(Outcome.REDELIVERED.value)
                 await self._ack(message)
                 continue
             messages[callback.id] = message
@@ -217,10 +222,17 @@ class Worker:
             started = time.perf_counter()
             try:
                 async with self._pool.acquire(timeout=10) as conn:
-                    result = await write_batch(conn, callbacks)
+                    try:
+                        result = await write_batch(conn, callbacks)
+                    except (TimeoutError, OSError, asyncpg.InterfaceError):
+                        # A connection that timed out or lost its socket mid-statement
+                        # may be left mid-protocol; never hand it out again.
+                        conn.terminate()
+                        raise
             except Exception as e:  # noqa: BLE001 - classified below, nothing escapes
                 fault = classify(e)
                 if fault is Fault.UNAVAILABLE:
+                    self.metrics.database_unavailable()
                     if time.monotonic() >= self._give_up_at:
                         log.warning("database unavailable at shutdown: leaving batch to redelivery",
                                     extra={"messages": len(callbacks)})
@@ -247,6 +259,7 @@ class Worker:
                 await self._land(callbacks[half:], messages)
                 return
             break
+        self.metrics.landed(callbacks, result, time.perf_counter() - started)
         for callback in callbacks:
             outcome = result.outcomes[callback.id]
             self.outcomes[outcome.value] += 1
@@ -300,8 +313,9 @@ class Worker:
                 await asyncio.wait_for(message.nack(requeue=True), self._settings.publish_timeout)
             return
         self.outcomes["retried"] += 1
+        self.metrics.count("retried")
         log.warning("callback to be retried",
-                    extra={"message_id": message.message_id, "attempt": attempts,
+                    extra={"message_id": message.message_id, "outcome": "retried", "attempt": attempts,
                            "retry_in": delay, "reason": describe(exc)})
 
     def _usable(self) -> tuple[AbstractChannel, Topology]:
@@ -328,8 +342,10 @@ class Worker:
                 await asyncio.wait_for(message.nack(requeue=True), self._settings.publish_timeout)
             return
         self.outcomes["dead_lettered"] += 1
+        self.metrics.count("dead_lettered")
         log.warning("callback dead-lettered",
-                    extra={"message_id": message.message_id, "stage": stage, "reason": reason})
+                    extra={"message_id": message.message_id, "outcome": "dead_lettered",
+                           "stage": stage, "reason": reason})
 
 
 async def run_worker(settings: Settings, stop: asyncio.Event) -> Worker:
@@ -342,7 +358,8 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> Worker:
             settings.amqp_url, "worker", prefetch=settings.worker_prefetch, on_ready=worker.attach
         ) as broker:
             worker.use_broker(broker)
-            log.info("worker started", extra={"batch_size": settings.batch_size,
-                                              "prefetch": settings.worker_prefetch})
-            await worker.run(stop)
+            async with serving(settings, worker.metrics.registry, Readiness(broker, pool)):
+                log.info("worker started", extra={"batch_size": settings.batch_size,
+                                                  "prefetch": settings.worker_prefetch})
+                await worker.run(stop)
     return worker
