@@ -92,8 +92,12 @@ async def send_callbacks(
     seed: int = 7,
     copies: int = 1,
     history: History | None = None,
+    rate: float | None = None,
 ) -> History:
-    """Post ``count`` callbacks (each ``copies`` times at once), retrying unknown answers like a vendor."""
+    """Post ``count`` callbacks (each ``copies`` times at once), retrying unknown answers like a vendor.
+
+    ``rate`` paces the load (callbacks/s), so a fault can land in the middle of it.
+    """
     history = history if history is not None else History()
     rng = random.Random(seed)
     todo: asyncio.Queue[uuid.UUID] = asyncio.Queue()
@@ -128,8 +132,12 @@ async def send_callbacks(
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)
 
+    pause = concurrency / rate if rate else 0.0  # each sender's share of the pace
+
     async def sender() -> None:
         while True:
+            if pause:
+                await asyncio.sleep(pause)  # pacing the load, not waiting for work
             try:
                 analysis_id = todo.get_nowait()
             except asyncio.QueueEmpty:

@@ -79,7 +79,7 @@ class TestWorkerCrashes:
     async def test_kill_9_a_worker_every_two_seconds(self, settings, gateway, http, db, broker):
         workers = [await WorkerProcess(settings).start() for _ in range(3)]
         kills = 0
-        sending = asyncio.create_task(send_callbacks(http, callback_url(gateway), 2000, concurrency=16))
+        sending = asyncio.create_task(send_callbacks(http, callback_url(gateway), 2000, concurrency=16, rate=300))
         rng = random.Random(1)
         try:
             while not sending.done():
@@ -185,7 +185,7 @@ class TestLinkCuts:
         await server.start_server()
         worker = start_worker(amqp_url=worker_link.url(settings.amqp_url) + "?heartbeat=2")
         sending = asyncio.create_task(
-            send_callbacks(http, callback_url(server), 1200, concurrency=8, request_timeout=5.0))
+            send_callbacks(http, callback_url(server), 1200, concurrency=8, request_timeout=5.0, rate=60))
         faults = []
         try:
             for step in range(4):
@@ -210,7 +210,7 @@ class TestLinkCuts:
             await gateway_link.close()
             await worker_link.close()
         verdict = await check(history, db, broker)
-        settle(verdict, ", ".join(faults))
+        settle(verdict, f"{', '.join(faults)}; answers {dict(history.statuses)}")
 
 
 async def _consumers(broker, n: int) -> bool:
@@ -241,13 +241,16 @@ class TestServerRestarts:
         workers = [RunningWorker(running) for _ in range(2)]
         history = History()
         sending = asyncio.create_task(send_callbacks(
-            http, callback_url(server), 1500, concurrency=8, request_timeout=5.0, retry_for=90.0, history=history))
+            http, callback_url(server), 1500, concurrency=8, request_timeout=5.0, retry_for=90.0,
+            history=history, rate=300))
         try:
             await asyncio.sleep(1.5)  # fault cadence: let the run get going
             history.mark("restart begins")
             await asyncio.to_thread(private_rabbitmq.restart)
             history.mark("broker back")
             await sending
+            # However fast the first wave was, a second one measures how soon 202s come back.
+            await send_callbacks(http, callback_url(server), 100, concurrency=4, seed=8, history=history)
             connection = await aio_pika.connect(broker_url)
             channel = await connection.channel()
             await wait_until_accounted(history, db, channel)
