@@ -105,3 +105,94 @@ class TcpProxy:
         userinfo = parts.netloc.rpartition("@")[0]
         netloc = f"{userinfo}@127.0.0.1:{self.port}" if userinfo else f"127.0.0.1:{self.port}"
         return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
+def service_env(settings, **overrides: str) -> dict[str, str]:
+    """The environment a `flowscribe-ingest` child process needs to use the test run's services."""
+    import os
+
+    return {
+        **os.environ,
+        "FLOWSCRIBE_AMQP_URL": settings.amqp_url,
+        "FLOWSCRIBE_DATABASE_URL": settings.database_url,
+        "FLOWSCRIBE_CALLBACK_TOKENS": TOKEN,
+        "FLOWSCRIBE_GATEWAY_HOST": "127.0.0.1",
+        "FLOWSCRIBE_GATEWAY_PORT": "0",
+        "FLOWSCRIBE_WORKER_HTTP_HOST": "127.0.0.1",
+        "FLOWSCRIBE_WORKER_HTTP_PORT": "0",
+        "FLOWSCRIBE_LOG_FORMAT": "json",
+        **overrides,
+    }
+
+
+class CliProcess:
+    """A real `flowscribe-ingest COMMAND` child process, its whole output (stdout and stderr) collected."""
+
+    def __init__(self, process: asyncio.subprocess.Process, command: str) -> None:
+        self.process = process
+        self.command = command
+        self.lines: list[str] = []
+        self._reader = asyncio.create_task(self._collect())
+
+    @classmethod
+    async def start(cls, command: str, env: dict[str, str], *, code: str | None = None) -> CliProcess:
+        """Run the command; ``code`` runs first in the child (fault injection)."""
+        import sys
+
+        program = f"{code or ''}\nimport sys\nfrom flowscribe_ingest.cli import main\nsys.exit(main([{command!r}]))"
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", program, env=env,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        )
+        return cls(process, command)
+
+    async def _collect(self) -> None:
+        assert self.process.stdout is not None
+        async for line in self.process.stdout:
+            self.lines.append(line.decode(errors="replace"))
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def events(self) -> list[dict]:
+        """The JSON log lines so far (anything else, e.g. a warning, is skipped)."""
+        import json
+
+        return [json.loads(line) for line in self.lines if line.startswith("{")]
+
+    async def event(self, name: str, *, timeout: float = 30.0) -> dict:
+        """Wait for the first log line whose event is ``name``."""
+        async def logged() -> dict | None:
+            found = next((e for e in self.events() if e.get("event") == name), None)
+            if found is None and self.process.returncode is not None:
+                raise AssertionError(f"{self.command} exited before {name!r}:\n{self.output}")
+            return found
+        return await eventually(logged, timeout=timeout, what=f"{self.command} to log {name!r}")
+
+    def rss_bytes(self) -> int:
+        if self.process.returncode is not None:
+            return 0
+        with open(f"/proc/{self.process.pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        return 0  # exited
+
+    def send_signal(self, sig: int) -> None:
+        if self.process.returncode is None:
+            self.process.send_signal(sig)
+
+    async def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM, then the exit code (killed, and the test failed, if it does not exit in time)."""
+        import signal
+
+        self.send_signal(signal.SIGTERM)
+        try:
+            code = await asyncio.wait_for(self.process.wait(), timeout)
+        finally:
+            if self.process.returncode is None:
+                self.process.kill()
+                await self.process.wait()
+        await self._reader
+        return code

@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
-import os
 import re
-import signal
-import sys
 from pathlib import Path
 
 import asyncpg
@@ -16,7 +12,7 @@ import yaml
 from flowscribe_ingest.cli import COMMANDS
 from flowscribe_ingest.settings import Settings
 from schemas.payload import CHILD_TABLES
-from tests.support import TOKEN, eventually
+from tests.support import TOKEN, CliProcess, service_env
 from worker.rows import ANALYSIS_COLUMNS, CALLBACK_COLUMNS, CHILD_COLUMNS
 
 ROOT = Path(__file__).parent.parent
@@ -119,48 +115,17 @@ class TestGatewayProcess:
     """The gateway command serves, logs without the token, and stops cleanly on SIGTERM."""
 
     async def test_serve_and_stop(self, settings, http):
-        env = {**os.environ, "FLOWSCRIBE_AMQP_URL": settings.amqp_url,
-               "FLOWSCRIBE_DATABASE_URL": settings.database_url,
-               "FLOWSCRIBE_CALLBACK_TOKENS": TOKEN, "FLOWSCRIBE_GATEWAY_HOST": "127.0.0.1",
-               "FLOWSCRIBE_GATEWAY_PORT": "0", "FLOWSCRIBE_LOG_FORMAT": "json"}
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "flowscribe_ingest.cli", "gateway", env=env,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-        )
-        lines: list[str] = []
-
-        async def collect() -> None:
-            async for line in process.stdout:
-                lines.append(line.decode())
-
-        reader = asyncio.create_task(collect())
+        gateway = await CliProcess.start("gateway", service_env(settings))
         try:
-            import json
-
-            def port() -> int | None:
-                for line in lines:
-                    entry = json.loads(line)
-                    if entry["event"] == "gateway listening":
-                        return entry["port"]
-                return None
-
-            listening = await eventually(lambda: _async(port()), what="the gateway to listen")
-            base = f"http://127.0.0.1:{listening}"
+            base = f"http://127.0.0.1:{(await gateway.event('gateway listening'))['port']}"
             for token in (TOKEN, "wrong-token"):
                 async with http.post(f"{base}/flowscribe/callback/{token}", data=b"{}",
                                      headers={"Content-Type": "application/json"}) as r:
                     assert r.status in (202, 401)
-            process.send_signal(signal.SIGTERM)
-            assert await asyncio.wait_for(process.wait(), 30) == 0
-            await reader
         finally:
-            if process.returncode is None:
-                process.kill()
-        output = "".join(lines)
+            code = await gateway.stop()
+        assert code == 0
+        output = gateway.output
         assert TOKEN not in output and "wrong-token" not in output
         assert "/flowscribe/callback/<redacted>" in output
         assert '"event": "gateway stopped"' in output
-
-
-async def _async(value):
-    return value

@@ -11,9 +11,6 @@ import gzip
 import io
 import ipaddress
 import json
-import os
-import signal
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -34,7 +31,7 @@ from gateway.server import server_options, warn_about_settings
 from gateway.signatures import SignatureError, SignatureVerifier, sign
 from gateway.sources import SourcePolicy, parse_address, rate_key
 from schemas import topology
-from tests.support import JSON_SAMPLE, TOKEN, XML_SAMPLE, eventually
+from tests.support import CliProcess, service_env, JSON_SAMPLE, TOKEN, XML_SAMPLE, eventually
 
 JSON = {"Content-Type": "application/json"}
 SECRET = "whsec_" + base64.b64encode(b"k" * 32).decode()
@@ -189,67 +186,15 @@ class TestRedaction:
         assert Redactor([TOKEN])(f'"path": "{path()}", "ms": 1') == '"path": "/flowscribe/callback/<redacted>", "ms": 1'
 
 
-class GatewayProcess:
+class GatewayProcess(CliProcess):
     """The real gateway command in a child process, its whole output collected."""
 
-    def __init__(self, process: asyncio.subprocess.Process) -> None:
-        self.process = process
-        self.lines: list[str] = []
-        self._reader = asyncio.create_task(self._collect())
-
     @classmethod
-    async def start(cls, settings: Settings, *, code: str | None = None, **env: str) -> GatewayProcess:
-        """Run ``flowscribe-ingest gateway``; ``code`` runs first in the child (fault injection)."""
-        environ = {**os.environ, "FLOWSCRIBE_AMQP_URL": settings.amqp_url,
-                   "FLOWSCRIBE_DATABASE_URL": settings.database_url,
-                   "FLOWSCRIBE_CALLBACK_TOKENS": TOKEN, "FLOWSCRIBE_GATEWAY_HOST": "127.0.0.1",
-                   "FLOWSCRIBE_GATEWAY_PORT": "0", "FLOWSCRIBE_LOG_FORMAT": "json", **env}
-        program = f"{code or ''}\nimport sys\nfrom flowscribe_ingest.cli import main\nsys.exit(main(['gateway']))"
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", program, env=environ,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-        )
-        return cls(process)
-
-    async def _collect(self) -> None:
-        assert self.process.stdout is not None
-        async for line in self.process.stdout:
-            self.lines.append(line.decode(errors="replace"))
-
-    @property
-    def output(self) -> str:
-        return "".join(self.lines)
+    async def start(cls, settings: Settings, *, code: str | None = None, **env: str) -> GatewayProcess:  # type: ignore[override]
+        return await super().start("gateway", service_env(settings, **env), code=code)  # type: ignore[return-value]
 
     async def port(self) -> int:
-        async def listening() -> int | None:
-            for line in self.lines:
-                if '"gateway listening"' in line:
-                    return json.loads(line)["port"]
-            if self.process.returncode is not None:
-                raise AssertionError(f"gateway exited:\n{self.output}")
-            return None
-        return await eventually(listening, what="the gateway to listen")
-
-    def rss_bytes(self) -> int:
-        if self.process.returncode is not None:
-            return 0
-        with open(f"/proc/{self.process.pid}/status") as status:
-            for line in status:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-        return 0  # exited
-
-    async def stop(self) -> int:
-        if self.process.returncode is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            code = await asyncio.wait_for(self.process.wait(), 30)
-        finally:
-            if self.process.returncode is None:
-                self.process.kill()
-                await self.process.wait()
-        await self._reader
-        return code
+        return (await self.event("gateway listening"))["port"]
 
 
 # In the child: a request with this header makes the handler fail with the URL

@@ -3,19 +3,14 @@ a database outage dead-letters nothing, and stopping loses nothing."""
 
 from __future__ import annotations
 
-import asyncio
-import dataclasses
-import os
 import signal
-import sys
 import uuid
 
 import aio_pika
 import asyncpg
-import pytest
 
 from schemas import topology
-from tests.support import JSON_SAMPLE, XML_SAMPLE, TcpProxy, eventually
+from tests.support import JSON_SAMPLE, XML_SAMPLE, CliProcess, TcpProxy, eventually, service_env
 from tests.test_pipeline import T0, publish_as_gateway, versioned
 from worker.store import lock_key
 
@@ -107,8 +102,8 @@ class TestDatabaseOutage:
         proxy = TcpProxy("127.0.0.1", 5432)
         await proxy.open()
         await proxy.close()  # the database is "down" from the worker's side
-        ids = [await publish_as_gateway(broker, versioned(1, analysis_id=str(uuid.uuid4())), received_at=T0)
-               for _ in range(5)]
+        for _ in range(5):
+            await publish_as_gateway(broker, versioned(1, analysis_id=str(uuid.uuid4())), received_at=T0)
         worker = start_worker(database_url=proxy.url(settings.database_url), database_retry_max_delay=0.2)
         try:
             # The worker takes the messages and holds them: none is acked, none dead-lettered.
@@ -138,38 +133,26 @@ class TestGracefulShutdown:
         key = _first_lock_key(ids[0])
         await blocker.execute("SELECT pg_advisory_xact_lock($1)", key)
 
-        env = {**os.environ, **_env(settings), "FLOWSCRIBE_WORKER_BATCH_SIZE": "10",
-               "FLOWSCRIBE_WORKER_PREFETCH": "10", "FLOWSCRIBE_WORKER_BATCH_WAIT": "0.5"}
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "flowscribe_ingest.cli", "worker", env=env,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-        )
-        lines: list[str] = []
-
-        async def collect() -> None:
-            async for line in process.stdout:
-                lines.append(line.decode())
-
-        reader = asyncio.create_task(collect())
+        worker = await CliProcess.start("worker", service_env(
+            settings, FLOWSCRIBE_WORKER_BATCH_SIZE="10", FLOWSCRIBE_WORKER_PREFETCH="10",
+            FLOWSCRIBE_WORKER_BATCH_WAIT="0.5"))
         try:
             await eventually(lambda: _waiting_on_lock(db), what="the worker's batch to block on the lock")
-            process.send_signal(signal.SIGTERM)
-            await eventually(lambda: _said(lines, "stop requested"), what="the worker to take the signal")
-            assert process.returncode is None  # it does not abandon the batch in hand
+            worker.send_signal(signal.SIGTERM)
+            await worker.event("stop requested")
+            assert worker.process.returncode is None  # it does not abandon the batch in hand
             await tx.rollback()
             await db.release(blocker)
             blocker = None
-            await asyncio.wait_for(process.wait(), 30)
-            await reader
+            code = await worker.stop()
         finally:
             if blocker is not None:
                 await tx.rollback()
                 await db.release(blocker)
-            if process.returncode is None:
-                process.kill()
-        output = "".join(lines).encode()
-        log = output.decode()
-        assert process.returncode == 0, log
+            if worker.process.returncode is None:
+                worker.process.kill()
+        log = worker.output
+        assert code == 0, log
         assert "stop requested" in log and "worker stopped" in log
         landed = await stored(db)
         assert landed >= 10  # the blocked batch was committed, not dropped
@@ -179,15 +162,6 @@ class TestGracefulShutdown:
 
 def _first_lock_key(message_id: str) -> int:
     return lock_key("message", uuid.UUID(message_id))
-
-
-def _env(settings) -> dict[str, str]:
-    return {
-        "FLOWSCRIBE_AMQP_URL": settings.amqp_url,
-        "FLOWSCRIBE_DATABASE_URL": settings.database_url,
-        "FLOWSCRIBE_CALLBACK_TOKENS": ",".join(settings.callback_tokens),
-        "FLOWSCRIBE_LOG_FORMAT": "json",
-    }
 
 
 async def _waiting_on_lock(db: asyncpg.Pool) -> bool:
@@ -205,10 +179,6 @@ async def _depth_when_settled(broker) -> int:
         return (result.message_count,) if result.consumer_count == 0 else None
     (depth,) = await eventually(settled, what="the worker's connection to close")
     return depth
-
-
-async def _said(lines: list[str], text: str) -> bool:
-    return any(text in line for line in lines)
 
 
 async def _count_is(db: asyncpg.Pool, n: int) -> bool:

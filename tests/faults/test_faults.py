@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import os
 import random
 import signal
-import sys
 
 import aio_pika
 import asyncpg
@@ -23,7 +21,7 @@ from gateway.app import create_app
 from schemas import topology
 from tests.conftest import RunningWorker
 from tests.faults.checker import ALL_QUEUES, REPORT, History, check, send_callbacks, wait_until_accounted
-from tests.support import TOKEN, TcpProxy, eventually
+from tests.support import TOKEN, CliProcess, TcpProxy, eventually, service_env
 from worker.consumer import Worker
 
 pytestmark = pytest.mark.faults
@@ -40,44 +38,21 @@ def settle(verdict, scenario: str) -> None:
     assert verdict.passed, line
 
 
-class WorkerProcess:
+async def worker_process(settings) -> CliProcess:
     """A real `flowscribe-ingest worker` process, to be killed without mercy."""
+    return await CliProcess.start("worker", service_env(settings, FLOWSCRIBE_LOG_LEVEL="warning"))
 
-    def __init__(self, settings, **env: str) -> None:
-        self._env = {
-            **os.environ,
-            "FLOWSCRIBE_AMQP_URL": settings.amqp_url,
-            "FLOWSCRIBE_DATABASE_URL": settings.database_url,
-            "FLOWSCRIBE_LOG_FORMAT": "json",
-            "FLOWSCRIBE_LOG_LEVEL": "warning",
-            **env,
-        }
-        self.process: asyncio.subprocess.Process | None = None
 
-    async def start(self) -> WorkerProcess:
-        self.process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "flowscribe_ingest.cli", "worker", env=self._env,
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-        )
-        return self
-
-    async def kill(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGKILL)
-        await self.process.wait()
-
-    async def stop(self) -> int:
-        assert self.process is not None
-        if self.process.returncode is None:
-            self.process.send_signal(signal.SIGTERM)
-        return await asyncio.wait_for(self.process.wait(), 60)
+async def kill_9(worker: CliProcess) -> None:
+    worker.send_signal(signal.SIGKILL)
+    await worker.process.wait()
 
 
 class TestWorkerCrashes:
     """kill -9 and crashes between commit and ack lose and double nothing."""
 
     async def test_kill_9_a_worker_every_two_seconds(self, settings, gateway, http, db, broker):
-        workers = [await WorkerProcess(settings).start() for _ in range(3)]
+        workers = [await worker_process(settings) for _ in range(3)]
         kills = 0
         sending = asyncio.create_task(send_callbacks(http, callback_url(gateway), 2000, concurrency=16, rate=300))
         rng = random.Random(1)
@@ -85,17 +60,17 @@ class TestWorkerCrashes:
             while not sending.done():
                 await asyncio.wait({sending}, timeout=2.0)
                 victim = rng.randrange(len(workers))
-                await workers[victim].kill()
+                await kill_9(workers[victim])
                 kills += 1
-                workers[victim] = await WorkerProcess(settings).start()
+                workers[victim] = await worker_process(settings)
             history = await sending
             # Keep killing while the backlog drains, for a few more rounds.
             for _ in range(3):
                 await asyncio.sleep(2.0)  # the fault cadence itself, not a wait for work
                 victim = rng.randrange(len(workers))
-                await workers[victim].kill()
+                await kill_9(workers[victim])
                 kills += 1
-                workers[victim] = await WorkerProcess(settings).start()
+                workers[victim] = await worker_process(settings)
             await wait_until_accounted(history, db, broker)
             # Stop only once every worker is up (a process killed while starting holds nothing,
             # but one signalled before it installed its handlers would not exit cleanly).
