@@ -40,6 +40,9 @@ BUDGET = web.AppKey("inflight_budget", InflightBudget)
 RATE_LIMITER = web.AppKey("rate_limiter", RateLimiter)  # absent: no rate limit
 SIGNATURES = web.AppKey("signatures", SignatureVerifier)  # absent: signatures not required
 METRICS = web.AppKey("metrics", GatewayMetrics)
+# Set on a request once its callback is confirmed, for the access log line.
+MESSAGE_ID = web.RequestKey("message_id", str)
+CONTENT_TYPE = web.RequestKey("content_type", str)
 
 __all__ = ["CALLBACK_PATH", "create_app", "token_is_valid"]
 
@@ -100,6 +103,13 @@ async def _broker_session(app: web.Application) -> AsyncIterator[None]:
 
 def _error(status: int, reason: str, **headers: str) -> web.Response:
     return web.json_response({"error": reason}, status=status, headers=headers)
+
+
+def _unread_body(response: web.Response) -> web.Response:
+    """Refused before its body was read: close the connection rather than take
+    in (and buffer) a body we will not use."""
+    response.force_close()
+    return response
 
 
 def _unavailable(settings: Settings, reason: str) -> web.Response:
@@ -176,12 +186,12 @@ async def receive_callback(request: web.Request) -> web.Response:
         return _error(415, "unsupported charset parameter")
     too_large = f"body larger than {settings.max_body_bytes} bytes"
     if request.content_length is not None and request.content_length > settings.max_body_bytes:
-        return _error(413, too_large)
+        return _unread_body(_error(413, too_large))
     budget = app[BUDGET]
     if request.content_length is not None and request.content_length > budget.available:
         log.warning("callback not accepted: in-flight byte budget exhausted",
                     extra={"bytes": request.content_length, "in_flight": budget.used})
-        return _unavailable(settings, "the gateway is busy; retry later")
+        return _unread_body(_unavailable(settings, "the gateway is busy; retry later"))
 
     with budget.hold() as holding:
         try:
@@ -215,7 +225,9 @@ async def receive_callback(request: web.Request) -> web.Response:
         except PublishFailed as e:
             log.warning("callback not accepted: broker did not confirm", extra={"reason": str(e), "bytes": len(body)})
             return _unavailable(settings, "the callback could not be stored; retry later")
-    log.info("callback accepted", extra={"message_id": message_id, "bytes": len(body), "content_type": content_type})
+    # Logged once, by the access log ("callback accepted", with timing): one line per callback.
+    request[MESSAGE_ID] = message_id
+    request[CONTENT_TYPE] = content_type
     return web.json_response({"id": message_id}, status=202)
 
 

@@ -11,7 +11,7 @@ from aiohttp.abc import AbstractAccessLogger
 
 from flowscribe_ingest.lifecycle import stop_on_signals
 from flowscribe_ingest.settings import Settings
-from gateway.app import create_app
+from gateway.app import CONTENT_TYPE, MESSAGE_ID, create_app
 from gateway.redaction import redact_path, redacted_logs
 from gateway.routes import HEALTH_PATH, METRICS_PATH, READY_PATH
 
@@ -28,18 +28,21 @@ class AccessLog(AbstractAccessLogger):
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
         level = logging.DEBUG if request.path in (HEALTH_PATH, READY_PATH, METRICS_PATH) else logging.INFO
-        self.logger.log(
-            level,
-            "request",
-            extra={
-                "method": request.method,
-                "path": redact_path(request.path),
-                "status": response.status,
-                "ms": round(time * 1000, 2),
-                "remote": request.remote,
-                "bytes_in": request.content_length,
-            },
-        )
+        facts = {
+            "method": request.method,
+            "path": redact_path(request.path),
+            "status": response.status,
+            "ms": round(time * 1000, 2),
+            "remote": request.remote,
+            "bytes_in": request.content_length,
+        }
+        message_id = request.get(MESSAGE_ID)
+        if message_id is None:
+            self.logger.log(level, "request", extra=facts)
+        else:
+            # The one line per accepted callback (the handler does not log it again).
+            facts.update(message_id=message_id, content_type=request.get(CONTENT_TYPE))
+            self.logger.log(level, "callback accepted", extra=facts)
 
 
 def server_options(settings: Settings) -> dict[str, Any]:

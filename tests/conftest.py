@@ -25,6 +25,7 @@ from aiohttp.test_utils import TestServer
 
 from flowscribe_ingest.settings import Secrets, Settings
 from gateway.app import create_app
+from gateway.server import server_options
 from schemas import topology
 from schemas.migrations import migrate
 from tests.support import TOKEN
@@ -147,8 +148,9 @@ def settings(base_settings: Settings, db: asyncpg.Pool, broker: object) -> Setti
 @pytest.fixture
 async def gateway(settings: Settings) -> AsyncIterator[TestServer]:
     """The gateway app on a free port, connected to the test vhost."""
+    # The same server options as production (access log, deadlines).
     server = TestServer(create_app(settings))
-    await server.start_server()
+    await server.start_server(**server_options(settings))
     try:
         yield server
     finally:

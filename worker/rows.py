@@ -49,6 +49,9 @@ class Callback:
         return (self.received_at, self.id)
 
 
+_astuple = msgspec.structs.astuple
+
+
 def columns_of(struct: type[VendorStruct]) -> list[str]:
     return [snake_case(name) for name in struct.__struct_fields__]
 
@@ -84,8 +87,13 @@ def analysis_row(callback: Callback) -> tuple[object, ...]:
 def child_rows(analysis: ConversationAnalysis, attribute: str) -> list[tuple[object, ...]]:
     """Rows of one child table; an item repeated in the payload (same ID) is kept once, first wins."""
     items = getattr(analysis, attribute) or ()
-    rows: dict[uuid.UUID, tuple[object, ...]] = {}
-    for item in items:
-        if item.ID not in rows:
-            rows[item.ID] = (analysis.ID, *msgspec.structs.astuple(item))
-    return list(rows.values())
+    analysis_id = analysis.ID
+    rows = [(analysis_id, *_astuple(item)) for item in items]
+    # Keyed by the UUID's int: hashing a UUID object runs Python code, its int does not.
+    # Distinct IDs are the rule, so check that first and dedupe only when needed.
+    if len({item.ID.int for item in items}) == len(rows):
+        return rows
+    first: dict[int, tuple[object, ...]] = {}
+    for row, item in zip(rows, items):
+        first.setdefault(item.ID.int, row)
+    return list(first.values())
