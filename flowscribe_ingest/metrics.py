@@ -160,7 +160,7 @@ class WorkerMetrics:
         )
         self.batches_held = Gauge(
             PREFIX + "batches_held",
-            "Batches held because the database is unreachable (a worker writes one batch at a time: 0 or 1).",
+            "1 while the worker holds its batches because the database is unreachable, else 0.",
             registry=self.registry,
         )
 
@@ -190,6 +190,6 @@ class WorkerMetrics:
         self.batches_held.set(1)
 
     def _released(self) -> None:
-        # A worker lands its batches one after the other: once it finishes with
-        # any message, it no longer holds a batch for the database.
+        # Once a worker finishes with any message, the database answered: it no
+        # longer holds batches for it.
         self.batches_held.set(0)

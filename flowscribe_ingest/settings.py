@@ -185,7 +185,8 @@ class Settings:
     )
     prefetch: int = _setting(
         "FLOWSCRIBE_WORKER_PREFETCH", 0, int,
-        "Unacked messages a worker holds (0: twice the batch size).",
+        "Unacked messages a worker holds (0: three times the batch size: two batches being"
+        " written and one being decoded).",
     )
     max_attempts: int = _setting(
         "FLOWSCRIBE_MAX_ATTEMPTS", 5, _positive_int,
@@ -244,7 +245,7 @@ class Settings:
 
     @property
     def worker_prefetch(self) -> int:
-        return self.prefetch if self.prefetch > 0 else 2 * self.batch_size
+        return self.prefetch if self.prefetch > 0 else 3 * self.batch_size
 
     def public(self) -> dict[str, Any]:
         """The settings as they may be logged: secrets and URL passwords hidden."""

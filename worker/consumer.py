@@ -50,6 +50,9 @@ log = logging.getLogger("worker")
 
 T = TypeVar("T")
 
+# Batches a worker writes at once (each on its own pooled connection).
+WRITES_IN_FLIGHT = 2
+
 # How often a batch is re-run at once after colliding with another transaction
 # before its messages go to the retry queues (each attempt counted per message).
 MAX_CONFLICT_RETRIES = 3
@@ -126,22 +129,26 @@ class Worker:
     async def run(self, stop: asyncio.Event) -> None:
         """Work until ``stop`` is set, then land what is in hand and return."""
         wake = asyncio.create_task(self._wake_on(stop))
-        # Two batches in flight: while one is being written (the database's
-        # time), the next is collected and decoded (ours). Writes stay one at a
-        # time, in order; prefetch (2 x batch by default) covers both.
-        writing: asyncio.Task[None] | None = None
+        # Up to WRITES_IN_FLIGHT batches are written at once, each in its own
+        # transaction on its own connection, while the next is collected and
+        # decoded: alone, the worker and PostgreSQL each idle half the time
+        # waiting for the other. Concurrent writes are as safe as concurrent
+        # workers (the store's advisory locks serialise overlapping keys), and
+        # the default prefetch (3 x batch) holds them and the one being decoded.
+        writing: set[asyncio.Task[None]] = set()
         try:
             while not stop.is_set():
                 batch = await self._collect()
                 if not batch:
                     continue
                 prepared = await self._guarded(self._prepare(batch), batch)
-                if writing is not None:
-                    await writing
-                if prepared:
-                    writing = asyncio.create_task(self._guarded(self._land(*prepared), batch))
-            if writing is not None:
-                await writing
+                if not prepared:
+                    continue
+                while len(writing) >= WRITES_IN_FLIGHT:
+                    _done, writing = await asyncio.wait(writing, return_when=asyncio.FIRST_COMPLETED)
+                writing.add(asyncio.create_task(self._guarded(self._land(*prepared), batch)))
+            if writing:
+                await asyncio.wait(writing)
         finally:
             wake.cancel()
         await self._shutdown()
@@ -387,7 +394,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> Worker:
     async with asyncpg.create_pool(
         settings.database_url,
         min_size=0,
-        max_size=2,
+        max_size=WRITES_IN_FLIGHT + 1,  # one spare for the readiness probe
         command_timeout=60,
         # asyncpg prepares every statement; after five runs PostgreSQL may switch
         # to a generic plan chosen while the tables were small (sequential scans

@@ -85,23 +85,23 @@ class TestWorkerCrashes:
         link = TcpProxy("127.0.0.1", 5672)
         await link.open()
         crashes = 0
-        real_ack = Worker._ack
+        real_ack = Worker._ack_all
         rng = random.Random(5)
 
-        async def ack_or_crash(self, message):
+        async def ack_or_crash(self, committed):
             nonlocal crashes
-            if rng.random() < 0.05:
+            if rng.random() < 0.3:  # of committed batches
                 crashes += 1
                 link.reset()  # as the broker sees a crash: the connection drops, unacked messages return
-            await real_ack(self, message)
+            await real_ack(self, committed)
 
-        monkeypatch.setattr(Worker, "_ack", ack_or_crash)
+        monkeypatch.setattr(Worker, "_ack_all", ack_or_crash)
         try:
             workers = [start_worker(batch_size=20, amqp_url=link.url(settings.amqp_url)) for _ in range(2)]
             history = await send_callbacks(http, callback_url(gateway), 600, concurrency=8)
             await wait_until_accounted(history, db, broker)
         finally:
-            monkeypatch.setattr(Worker, "_ack", real_ack)
+            monkeypatch.setattr(Worker, "_ack_all", real_ack)
         # Crashes over: the last redeliveries drain, then the workers stop cleanly.
         await wait_until_accounted(history, db, broker)
         for worker in workers:
