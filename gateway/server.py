@@ -10,6 +10,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
 from flowscribe_ingest.lifecycle import stop_on_signals
+from flowscribe_ingest.serving import listening
 from flowscribe_ingest.settings import Settings
 from gateway.app import CONTENT_TYPE, MESSAGE_ID, create_app
 from gateway.redaction import redact_path, redacted_logs
@@ -86,15 +87,10 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
             handle_signals=False,
             **server_options(settings),
         )
-        await runner.setup()
-        try:
-            site = web.TCPSite(runner, settings.gateway_host, settings.gateway_port)
-            await site.start()
-            host, port = runner.addresses[0][:2]
-            log.info("gateway listening", extra={"host": host, "port": port})
+        async with listening(
+            runner, settings.gateway_host, settings.gateway_port, logger=log, event="gateway listening"
+        ):
             with stop_on_signals(stop):
                 await stop.wait()
             log.info("gateway stopping: finishing in-flight requests")
-        finally:
-            await runner.cleanup()
         log.info("gateway stopped")

@@ -237,7 +237,7 @@ class Worker:
                 # The same message twice in hand (redelivered after a reconnect): land it once.
                 self.outcomes[Outcome.REDELIVERED.value] += 1
                 self.metrics.count(Outcome.REDELIVERED.value)
-                await self._ack(message)
+                await self._ack_all([message])
                 continue
             messages[callback.id] = message
             callbacks.append(callback)
@@ -313,7 +313,8 @@ class Worker:
         )
 
     async def _ack_all(self, landed: list[AbstractIncomingMessage]) -> None:
-        """Ack a committed batch under one deadline (one timer, not one task per ack)."""
+        """Ack messages under one deadline (one timer, not one task per ack): a frame
+        written to a connection that died unnoticed can wait forever in the client."""
         try:
             async with asyncio.timeout(self._settings.publish_timeout):
                 for message in landed:
@@ -323,16 +324,16 @@ class Worker:
             log.warning("acks failed; unacked messages will be redelivered",
                         extra={"messages": len(landed), "reason": describe(e)})
 
-    async def _ack(self, message: AbstractIncomingMessage) -> None:
-        try:
-            # A deadline, because a frame written to a connection that died
-            # unnoticed can wait forever in the client's writer.
-            await asyncio.wait_for(message.ack(), self._settings.publish_timeout)
-        except Exception as e:  # noqa: BLE001
-            # The channel is gone: the broker redelivers the message, and the
-            # store recognises it by its id, so it still lands exactly once.
-            log.warning("ack failed; the message will be redelivered",
-                        extra={"message_id": message.message_id, "reason": describe(e)})
+    async def _return_to_queue(self, message: AbstractIncomingMessage, failed: str, exc: BaseException) -> None:
+        """Moving the message elsewhere was not confirmed: requeue it rather than risk losing it.
+
+        Should this keep happening, the queue's delivery limit hands it to the
+        broker's own dead-lettering.
+        """
+        log.error(f"{failed}; the message goes back to the queue",
+                  extra={"message_id": message.message_id, "reason": describe(exc)})
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(message.nack(requeue=True), self._settings.publish_timeout)
 
     async def _retry_later(self, message: AbstractIncomingMessage, exc: BaseException) -> None:
         """A transient failure that outlasted in-process retries: try again later, or give up."""
@@ -348,10 +349,7 @@ class Worker:
                 timeout=self._settings.publish_timeout,
             )
         except Exception as e:  # noqa: BLE001
-            log.error("scheduling a retry failed; the message goes back to the queue",
-                      extra={"message_id": message.message_id, "reason": describe(e)})
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(message.nack(requeue=True), self._settings.publish_timeout)
+            await self._return_to_queue(message, "scheduling a retry failed", e)
             return
         self.outcomes["retried"] += 1
         self.metrics.count("retried")
@@ -374,13 +372,7 @@ class Worker:
                 by=self.name, timeout=self._settings.publish_timeout,
             )
         except Exception as e:  # noqa: BLE001
-            # Not confirmed into the dead-letter queue: return the original to the
-            # queue rather than risk losing it. Should this keep failing, the
-            # queue's delivery limit hands it to the broker's own dead-lettering.
-            log.error("dead-lettering failed; the message goes back to the queue",
-                      extra={"message_id": message.message_id, "reason": describe(e)})
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(message.nack(requeue=True), self._settings.publish_timeout)
+            await self._return_to_queue(message, "dead-lettering failed", e)
             return
         self.outcomes["dead_lettered"] += 1
         self.metrics.count("dead_lettered")
