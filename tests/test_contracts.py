@@ -44,6 +44,18 @@ class TestSchema:
 
         assert await migrate(database_url) == []
 
+    async def test_large_values_are_compressed_with_lz4_where_the_server_has_it(self, db):
+        # pglz on the archived body was half the cost of a COPY batch (bench/).
+        has_lz4 = await db.fetchval(
+            "SELECT 'lz4' = ANY (enumvals) FROM pg_settings WHERE name = 'default_toast_compression'")
+        methods = dict(await db.fetch(
+            """SELECT attrelid::regclass::text || '.' || attname, attcompression::text FROM pg_attribute
+               WHERE (attrelid, attname) IN (('flowscribe.callbacks'::regclass, 'body'),
+                                             ('flowscribe.analyses'::regclass, 'conversation_text'))"""))
+        expected = "l" if has_lz4 else ""
+        assert methods == {"flowscribe.callbacks.body": expected,
+                           "flowscribe.analyses.conversation_text": expected}
+
 
 class TestSettingsAreDocumented:
     """The README's configuration table lists exactly the settings the code reads."""
