@@ -30,11 +30,12 @@ async def _gateway(settings: Settings) -> int:
 
 
 async def _worker(settings: Settings) -> int:
+    from flowscribe_ingest.gc_tuning import collecting_less_often
     from flowscribe_ingest.lifecycle import stop_on_signals
     from worker.consumer import run_worker
 
     stop = asyncio.Event()
-    with stop_on_signals(stop):
+    with stop_on_signals(stop), collecting_less_often():
         await run_worker(settings, stop)
     return 0
 

@@ -264,3 +264,20 @@ async def outcome(db: asyncpg.Pool, message_id: str) -> str | None:
 
 async def _depth_is_at_least(broker, queue: str, n: int) -> bool:
     return await queue_depth(broker, queue) >= n
+
+
+class TestCollectorTuning:
+    """The worker runs the cyclic GC less often, and leaves the process as it found it."""
+
+    def test_thresholds_and_freeze_apply_inside_and_are_undone_after(self):
+        import gc
+
+        from flowscribe_ingest.gc_tuning import BULK_THRESHOLDS, collecting_less_often
+
+        before = gc.get_threshold()
+        assert before != BULK_THRESHOLDS
+        with collecting_less_often():
+            assert gc.get_threshold() == BULK_THRESHOLDS
+            assert gc.get_freeze_count() > 0
+        assert gc.get_threshold() == before
+        assert gc.get_freeze_count() == 0
