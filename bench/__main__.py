@@ -40,6 +40,8 @@ HERE = Path(__file__).resolve().parent
 OUT = HERE / "out"
 CALLBACK = "/flowscribe/callback/"
 TEMPLATES = 8  # distinct payloads per size; load uses fresh-id variants of them
+# FLOWSCRIBE_GATEWAY_PROCESSES of the multi-process gateway runs: one per core (at least two).
+GATEWAY_PROCESSES = max(2, os.cpu_count() or 2)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -270,22 +272,35 @@ def load(out: Path, name: str, url: str, body_file: Path, content_type: str, con
 
 
 def broker_ceiling(services: Services, out: Path, name: str, body_file: Path, content_type: str,
-                   concurrency: int, seconds: float, warmup: float) -> dict[str, Any]:
-    argv = python_argv("bench.broker_ceiling", services.amqp_url, str(body_file), content_type,
-                       "--concurrency", str(concurrency), "--duration", str(seconds), "--warmup", str(warmup))
-    publisher = Proc(name, argv, os.environ | {"PYTHONPATH": str(ROOT)}, out)
+                   concurrency: int, seconds: float, warmup: float, processes: int = 1) -> dict[str, Any]:
+    """``processes`` publishers at once (``concurrency`` split among them, each its own connection),
+    as a gateway with as many processes; rates add up, latency percentiles are the worst of them."""
+    publishers = {}
+    for i in range(processes):
+        argv = python_argv("bench.broker_ceiling", services.amqp_url, str(body_file), content_type,
+                           "--concurrency", str(concurrency // processes), "--duration", str(seconds),
+                           "--warmup", str(warmup))
+        publishers[f"publisher-{i}"] = Proc(f"{name}-{i}" if processes > 1 else name, argv,
+                                            os.environ | {"PYTHONPATH": str(ROOT)}, out)
     time.sleep(warmup + 0.3)  # connect + warm-up, then measure CPU over the measured part
-    with Window({"publisher": publisher}) as window:
-        publisher.wait(seconds + 60)
+    with Window(publishers) as window:
+        for publisher in publishers.values():
+            publisher.wait(seconds + 60)
     summary = window.summary()
-    ru = publisher.rusage
-    lines = [line for line in publisher.log_path.read_text().splitlines() if line.startswith("{")]
-    r = json.loads(lines[-1])
+    summary["cpu_percent"]["publisher"] = round(sum(summary["cpu_percent"].pop(k) for k in publishers), 1)
+    results = []
+    for publisher in publishers.values():
+        lines = [line for line in publisher.log_path.read_text().splitlines() if line.startswith("{")]
+        results.append(json.loads(lines[-1]))
     return {
-        "concurrency": concurrency, "requests": r["requests"], "errors": r["status_errors"],
-        "rate": round(r["requests"] / (r["duration_us"] / 1e6), 1),
-        "p50_ms": round(r["p50_us"] / 1000, 2), "p99_ms": round(r["p99_us"] / 1000, 2),
-        "publisher_cpu_lifetime_s": round(ru.ru_utime + ru.ru_stime, 2), **summary,
+        "concurrency": concurrency, "processes": processes,
+        "requests": sum(r["requests"] for r in results), "errors": sum(r["status_errors"] for r in results),
+        "rate": round(sum(r["requests"] / (r["duration_us"] / 1e6) for r in results), 1),
+        "p50_ms": round(max(r["p50_us"] for r in results) / 1000, 2),
+        "p99_ms": round(max(r["p99_us"] for r in results) / 1000, 2),
+        "publisher_cpu_lifetime_s": round(sum(p.rusage.ru_utime + p.rusage.ru_stime
+                                              for p in publishers.values()), 2),
+        **summary,
     }
 
 
@@ -305,18 +320,25 @@ def _mean_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 async def phase_gateway(services: Services, cfg: Config, bodies: Bodies, out: Path) -> dict[str, Any]:
-    results: dict[str, Any] = {}
+    """The gateway as one process and as one per core (FLOWSCRIBE_GATEWAY_PROCESSES), each beside
+    the broker ceiling with as many publishing processes; the HTTP ceiling is one process."""
+    results: dict[str, Any] = {"processes": GATEWAY_PROCESSES}
     gateway, gw_port = start_gateway(services, out, "gateway")
+    multi, multi_port = start_gateway(services, out, "gateway-processes", gateway_processes=GATEWAY_PROCESSES)
     noop, noop_port = start_gateway(services, out, "gateway-noop-publish", "--noop-publish")
+    servers = (("http_ceiling", noop_port, noop), ("gateway", gw_port, gateway),
+               ("gateway_processes", multi_port, multi))
     try:
         for size in payloads.SIZES:
             conns = cfg.concurrency[size]
             body = bodies.file(size)
             say(f"gateway {size}: {bodies.mean_bytes(size):,} B bodies, {conns} connections")
             r: dict[str, Any] = {"bytes": body.stat().st_size, "connections": conns}
-            runs: dict[str, list[dict[str, Any]]] = {"http_ceiling": [], "gateway": [], "broker_ceiling": []}
+            runs: dict[str, list[dict[str, Any]]] = {
+                label: [] for label in ("http_ceiling", "gateway", "gateway_processes",
+                                        "broker_ceiling", "broker_ceiling_processes")}
             for rep in range(cfg.repeats):
-                for label, port, proc in (("http_ceiling", noop_port, noop), ("gateway", gw_port, gateway)):
+                for label, port, proc in servers:
                     url = f"http://127.0.0.1:{port}{CALLBACK}{services.token}"
                     load(out, f"warmup-{label}-{size}-{rep}", url, body, "application/json", conns,
                          cfg.warmup_seconds, proc)
@@ -326,19 +348,23 @@ async def phase_gateway(services: Services, cfg: Config, bodies: Bodies, out: Pa
                     await services.purge()
                     say(f"  {label}: {x['rate']:,.0f}/s p50 {x['p50_ms']} ms p99 {x['p99_ms']} ms"
                         f" (loadgen {x['cpu_percent']['loadgen']}% CPU, server {x['cpu_percent']['server']}%)")
-                x = broker_ceiling(services, out, f"broker-ceiling-{size}-{rep}", body, "application/json",
-                                   conns, cfg.gateway_seconds, cfg.warmup_seconds)
-                runs["broker_ceiling"].append(x)
-                await services.purge()
-                say(f"  broker_ceiling: {x['rate']:,.0f}/s p50 {x['p50_ms']} ms p99 {x['p99_ms']} ms"
-                    f" (publisher {x['cpu_percent']['publisher']}% CPU, broker {x['cpu_percent']['broker']}%)")
+                for label, processes in (("broker_ceiling", 1), ("broker_ceiling_processes", GATEWAY_PROCESSES)):
+                    x = broker_ceiling(services, out, f"{label.replace('_', '-')}-{size}-{rep}", body,
+                                       "application/json", conns, cfg.gateway_seconds, cfg.warmup_seconds,
+                                       processes)
+                    runs[label].append(x)
+                    await services.purge()
+                    say(f"  {label}: {x['rate']:,.0f}/s p50 {x['p50_ms']} ms p99 {x['p99_ms']} ms"
+                        f" (publisher {x['cpu_percent']['publisher']}% CPU, broker {x['cpu_percent']['broker']}%)")
             for label, xs in runs.items():
                 r[label] = _mean_run(xs)
             results[size] = r
     finally:
         gateway.stop()
+        multi.stop()
         noop.stop()
     results["gateway_peak_rss_mb"] = round(gateway.peak_rss / 2**20, 1)
+    results["gateway_processes_peak_rss_mb"] = round(multi.peak_rss / 2**20, 1)
     results["noop_peak_rss_mb"] = round(noop.peak_rss / 2**20, 1)
     return results
 

@@ -49,19 +49,6 @@ def _ack_multiple() -> None:
     consumer.Worker._ack_all = ack_all  # type: ignore[method-assign]
 
 
-def _reuse_port() -> None:
-    """Bind the gateway's port with SO_REUSEPORT, so several gateway processes share it (the kernel spreads connections)."""
-    from aiohttp import web
-
-    site = web.TCPSite.__init__
-
-    def init(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
-        kwargs.setdefault("reuse_port", True)
-        site(self, *args, **kwargs)
-
-    web.TCPSite.__init__ = init  # type: ignore[method-assign]
-
-
 def _stdlib_loop() -> None:
     """Run on asyncio's own event loop even where the product would pick uvloop."""
     from flowscribe_ingest import cli
@@ -139,7 +126,6 @@ def main() -> int:
     parser.add_argument("--pipeline", action="store_true", help="worker: two batch writes in flight on the pool")
     parser.add_argument("--plan-cache-mode", choices=["auto", "force_custom_plan", "force_generic_plan"],
                         help="worker: PostgreSQL plan_cache_mode on its pool")
-    parser.add_argument("--reuse-port", action="store_true", help="gateway: SO_REUSEPORT, so several can share a port")
     args = parser.parse_args()
     if args.noop_publish:
         _noop_publish()
@@ -153,8 +139,6 @@ def main() -> int:
         _stdlib_loop()
     if args.plan_cache_mode:
         _plan_cache_mode(args.plan_cache_mode)
-    if args.reuse_port:
-        _reuse_port()
     if args.uvloop:
         import uvloop
 

@@ -308,35 +308,6 @@ async def plan_cache(services: Services, bodies: Any, out: Path, n: int) -> list
     return runs
 
 
-async def gateway_processes(services: Services, bodies: Any, out: Path, seconds: float) -> list[dict[str, Any]]:
-    """Small bodies at 64 connections on one port served by 1, then 2 gateway processes (SO_REUSEPORT)."""
-    from bench.__main__ import CALLBACK, load
-    from bench.services import free_port, python_argv
-
-    runs = []
-    for n in (1, 2, 1):
-        port = free_port()
-        procs = [Proc(f"proto-reuseport-{len(runs)}-{i}", python_argv("bench.launch", "gateway", "--reuse-port"),
-                      services.env(gateway_port=port), out) for i in range(n)]
-        for p in procs:
-            p.wait_for_event("gateway listening")  # readiness on the port may be the other one's
-        url = f"http://127.0.0.1:{port}{CALLBACK}{services.token}"
-        try:
-            load(out, f"proto-reuseport-warmup-{len(runs)}", url, bodies.file("small"), "application/json", 64, 2, None)
-            with Window({f"gateway{i}": p for i, p in enumerate(procs)}) as window:
-                r = load(out, f"proto-reuseport-wrk-{len(runs)}", url, bodies.file("small"), "application/json", 64,
-                         seconds, None)
-        finally:
-            for p in procs:
-                p.stop()
-        await services.purge()
-        cpu = window.summary()["cpu_percent"]
-        runs.append({"processes": n, "rate": r["rate"], "p50_ms": r["p50_ms"], "p99_ms": r["p99_ms"],
-                     "gateway_cpu_percent": round(sum(v for k, v in cpu.items() if k.startswith("gateway")), 1),
-                     "broker_cpu_percent": cpu.get("broker"), "machine_busy_percent": window.summary()["machine_busy_percent"]})
-    return runs
-
-
 async def large_in_hand(services: Services, bodies: Any, out: Path, n: int) -> list[dict[str, Any]]:
     """Worker memory with a full prefetch of large (2 MB) callbacks: default prefetch, then a small one."""
     from bench.__main__ import drain
@@ -365,8 +336,6 @@ async def run(services: Services, bodies: Any, out: Path, quick: bool = False) -
          lambda: prototypes(services, bodies, out, 120 if quick else 400, 4 if quick else 8)),
         ("plan_cache", "backlog into empty tables, generic vs custom plans",
          lambda: plan_cache(services, bodies, out, 3000 if quick else 20000)),
-        ("gateway_processes", "1 vs 2 gateway processes on one port",
-         lambda: gateway_processes(services, bodies, out, 4 if quick else 8)),
         ("large_in_hand", "worker memory with a full prefetch of large callbacks",
          lambda: large_in_hand(services, bodies, out, 40 if quick else 240)),
     ]
@@ -415,14 +384,6 @@ def markdown(r: dict[str, Any]) -> str:
             b = x["batch_ms"] or {}
             lines.append(f"| {x['variant']} | {x['payloads_per_s']:,.0f} | {b.get('first_tenth', 0):.0f} → {b.get('last_tenth', 0):.0f} "
                          f"| {x['postgres_cpu_percent'] or 0:.0f}% |")
-    procs = r.get("gateway_processes")
-    if isinstance(procs, list):
-        lines += ["", "## Gateway processes sharing one port (SO_REUSEPORT; small bodies, 64 connections)", "",
-                  "| processes | callbacks/s | p50 / p99 ms | gateways' CPU | broker CPU | machine busy |",
-                  "|---:|---:|---:|---:|---:|---:|"]
-        for x in procs:
-            lines.append(f"| {x['processes']} | {x['rate']:,.0f} | {x['p50_ms']:.0f} / {x['p99_ms']:.0f} "
-                         f"| {x['gateway_cpu_percent']:.0f}% | {x['broker_cpu_percent'] or 0:.0f}% | {x['machine_busy_percent']:.0f}% |")
     large = r.get("large_in_hand")
     if isinstance(large, list):
         lines += ["", f"## Worker memory with large (2 MB) callbacks in hand ({large[0]['payloads']} queued)", "",

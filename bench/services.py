@@ -150,28 +150,35 @@ class Proc:
     def cpu_seconds(self) -> float:
         if self.rusage is not None:  # ended: its whole life, exactly
             return self.rusage.ru_utime + self.rusage.ru_stime
-        try:
-            t = self.ps.cpu_times()
-            return t.user + t.system
-        except psutil.Error:
-            return 0.0
+        total = 0.0
+        for ps in self._family():  # a gateway with several processes: all of them
+            with contextlib.suppress(psutil.Error):
+                t = ps.cpu_times()
+                total += t.user + t.system
+        return total
 
     def rss(self) -> int:
-        try:
-            return self.ps.memory_info().rss
-        except psutil.Error:
-            return 0
+        total = 0
+        for ps in self._family():
+            with contextlib.suppress(psutil.Error):
+                total += ps.memory_info().rss
+        return total
 
     def hwm(self) -> int:
-        """Peak RSS so far (the kernel's high-water mark), bytes."""
-        try:
-            with open(f"/proc/{self.pid}/status") as f:
+        """Peak RSS so far (the kernel's high-water mark), bytes; of several processes, the sum of theirs."""
+        total = 0
+        for ps in self._family():
+            with contextlib.suppress(OSError), open(f"/proc/{ps.pid}/status") as f:
                 for line in f:
                     if line.startswith("VmHWM:"):
-                        return int(line.split()[1]) * 1024
-        except OSError:
-            pass
-        return 0
+                        total += int(line.split()[1]) * 1024
+        return total
+
+    def _family(self) -> list[psutil.Process]:
+        try:
+            return [self.ps, *self.ps.children(recursive=True)]
+        except psutil.Error:
+            return [self.ps]
 
     def _reap(self, block: bool = False) -> bool:
         """Collect the exit status and rusage if ended (never via Popen, which would lose the rusage)."""

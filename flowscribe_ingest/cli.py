@@ -14,29 +14,38 @@ from ops import commands as ops_commands
 log = logging.getLogger("flowscribe_ingest")
 
 
-async def _migrate(settings: Settings) -> int:
+def _migrate(settings: Settings) -> int:
     from schemas.migrations import migrate
 
-    applied = await migrate(settings.database_url)
+    applied = asyncio.run(migrate(settings.database_url))
     log.info("database up to date", extra={"applied_now": applied})
     return 0
 
 
-async def _gateway(settings: Settings) -> int:
-    from gateway.server import serve
+def _gateway(settings: Settings) -> int:
+    if settings.gateway_processes > 1:
+        # Forks the processes; none of them may inherit a running event loop.
+        from gateway.processes import serve_in_processes
 
-    await serve(settings)
+        return serve_in_processes(settings)
+    from gateway.server import check_startable, serve
+
+    check_startable(settings)
+    asyncio.run(serve(settings))
     return 0
 
 
-async def _worker(settings: Settings) -> int:
+def _worker(settings: Settings) -> int:
     from flowscribe_ingest.gc_tuning import collecting_less_often
     from flowscribe_ingest.lifecycle import stop_on_signals
     from worker.consumer import run_worker
 
-    stop = asyncio.Event()
-    with stop_on_signals(stop), collecting_less_often():
-        await run_worker(settings, stop)
+    async def work() -> None:
+        stop = asyncio.Event()
+        with stop_on_signals(stop), collecting_less_often():
+            await run_worker(settings, stop)
+
+    asyncio.run(work())
     return 0
 
 
@@ -98,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     log.info("starting", extra={"command": args.command, "settings": settings.public()})
     run, _ = COMMANDS[args.command]
     try:
-        return asyncio.run(run(settings))
+        return run(settings)
     except KeyboardInterrupt:
         return 130
 

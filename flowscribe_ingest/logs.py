@@ -31,6 +31,7 @@ class JsonFormatter(logging.Formatter):
             ),
             "level": record.levelname.lower(),
             "process": self._process,
+            "pid": record.process,  # tells apart the processes of one gateway (gateway.processes)
             "logger": record.name,
             "event": record.getMessage(),
             **_extra(record),

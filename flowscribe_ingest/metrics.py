@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import os
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from typing import Any, Protocol
 
 import prometheus_client
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
 
 # Prometheus ignores the `_created` series by default; they would only double
 # what every scrape carries.
@@ -56,12 +57,33 @@ def new_registry() -> CollectorRegistry:
     return registry
 
 
+# Set (to an empty directory) by gateway.processes before it forks the gateway's
+# processes and before any of them imports prometheus_client: each process then
+# keeps its counts in files there, and /metrics, whichever process answers,
+# serves the sum over all of them (prometheus_client's multiprocess mode).
+SHARED_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def shared_across_processes() -> bool:
+    return bool(os.environ.get(SHARED_DIR_ENV))
+
+
+def _all_processes() -> CollectorRegistry:
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)
+    return registry
+
+
 def metrics_handler(registry: CollectorRegistry) -> Handler:
-    """An aiohttp handler serving ``registry`` in Prometheus' text format."""
+    """An aiohttp handler serving ``registry`` in Prometheus' text format (or, when
+    counts are shared across processes, the sum of every process's metrics; the
+    per-process CPU/memory/GC series are left out then: they would describe
+    whichever process happened to answer)."""
 
     async def serve_metrics(request: web.Request) -> web.Response:
+        served = _all_processes() if shared_across_processes() else registry
         return web.Response(
-            body=prometheus_client.generate_latest(registry),
+            body=prometheus_client.generate_latest(served),
             headers={"Content-Type": prometheus_client.CONTENT_TYPE_LATEST},
         )
 

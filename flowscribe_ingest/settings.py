@@ -122,6 +122,12 @@ class Settings:
     gateway_port: int = _setting(
         "FLOWSCRIBE_GATEWAY_PORT", 8080, int, "Port the gateway listens on (0: any free port)."
     )
+    gateway_processes: int = _setting(
+        "FLOWSCRIBE_GATEWAY_PROCESSES", 1, _positive_int,
+        "Gateway processes sharing the port (SO_REUSEPORT: the kernel spreads connections). One"
+        " process uses one core; set the number of cores to use them all on one host. Each process"
+        " has its own broker connection and `FLOWSCRIBE_MAX_INFLIGHT_BYTES`; `/metrics` adds them up.",
+    )
     max_body_bytes: int = _setting(
         "FLOWSCRIBE_MAX_BODY_BYTES", 16 * 1024 * 1024, _positive_int,
         "Largest callback body accepted; larger ones get 413.",

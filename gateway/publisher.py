@@ -39,15 +39,14 @@ async def publish_callback(
         # Mandatory + on_return_raises: an unroutable message raises instead of
         # being dropped; the outer deadline also covers a publish that hangs on a
         # half-dead connection (aio-pika's own timeout covers only the confirm).
-        await asyncio.wait_for(
-            declared.callback_exchange.publish(
+        # asyncio.timeout, not wait_for: no extra task per callback.
+        async with asyncio.timeout(timeout):
+            await declared.callback_exchange.publish(
                 message,
                 routing_key=topology.CALLBACK_ROUTING_KEY,
                 mandatory=True,
                 timeout=timeout,
-            ),
-            timeout,
-        )
+            )
     except asyncio.CancelledError:
         raise
     except Exception as e:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from typing import Any
 
 from aiohttp import web
@@ -16,7 +17,7 @@ from gateway.app import CONTENT_TYPE, MESSAGE_ID, create_app
 from gateway.redaction import redact_path, redacted_logs
 from gateway.routes import HEALTH_PATH, METRICS_PATH, READY_PATH
 
-__all__ = ["AccessLog", "redact_path", "serve", "server_options", "warn_about_settings"]
+__all__ = ["AccessLog", "check_startable", "redact_path", "serve", "server_options", "warn_about_settings"]
 
 log = logging.getLogger("gateway")
 
@@ -58,6 +59,13 @@ def server_options(settings: Settings) -> dict[str, Any]:
     }
 
 
+def check_startable(settings: Settings) -> None:
+    """Refuse to start without a token (SystemExit saying so); log what weakens the gateway."""
+    if not settings.callback_tokens:
+        raise SystemExit("FLOWSCRIBE_CALLBACK_TOKENS is empty: set at least one callback token")
+    warn_about_settings(settings)
+
+
 def warn_about_settings(settings: Settings) -> None:
     """Log settings that work but weaken the gateway (never a token itself: only its position)."""
     short = [i for i, token in enumerate(settings.callback_tokens, 1) if len(token) < MIN_TOKEN_LENGTH]
@@ -74,13 +82,12 @@ def warn_about_settings(settings: Settings) -> None:
         )
 
 
-async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
-    """Serve until ``stop`` is set (by default: until SIGTERM/SIGINT)."""
-    if not settings.callback_tokens:
-        raise SystemExit("FLOWSCRIBE_CALLBACK_TOKENS is empty: set at least one callback token")
+async def serve(settings: Settings, stop: asyncio.Event | None = None, sock: socket.socket | None = None) -> None:
+    """Serve until ``stop`` is set (by default: until SIGTERM/SIGINT), on
+    FLOWSCRIBE_GATEWAY_HOST/PORT or on ``sock`` (bound by gateway.processes).
+    Call ``check_startable`` first (once per host, not once per process)."""
     stop = stop or asyncio.Event()
     with redacted_logs(settings.callback_tokens):
-        warn_about_settings(settings)
         runner = web.AppRunner(
             create_app(settings),
             shutdown_timeout=settings.shutdown_timeout,
@@ -88,7 +95,7 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
             **server_options(settings),
         )
         async with listening(
-            runner, settings.gateway_host, settings.gateway_port, logger=log, event="gateway listening"
+            runner, settings.gateway_host, settings.gateway_port, logger=log, event="gateway listening", sock=sock
         ):
             with stop_on_signals(stop):
                 await stop.wait()

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import os
 import re
+import signal
 from pathlib import Path
 
+import aiohttp
 import asyncpg
 import yaml
 
 from flowscribe_ingest.cli import COMMANDS
 from flowscribe_ingest.settings import Settings
+from schemas import topology
 from schemas.payload import CHILD_TABLES
-from tests.support import TOKEN, CliProcess, service_env
+from tests.support import JSON_SAMPLE, TOKEN, CliProcess, eventually, service_env
 from worker.rows import ANALYSIS_COLUMNS, CALLBACK_COLUMNS, CHILD_COLUMNS
 
 ROOT = Path(__file__).parent.parent
@@ -141,3 +146,62 @@ class TestGatewayProcess:
         assert TOKEN not in output and "wrong-token" not in output
         assert "/flowscribe/callback/<redacted>" in output
         assert '"event": "gateway stopped"' in output
+
+
+class TestGatewayProcesses:
+    """FLOWSCRIBE_GATEWAY_PROCESSES=N: N processes on one port, one /metrics, one graceful stop."""
+
+    CALLBACKS = 24
+
+    async def _started(self, settings) -> tuple[CliProcess, str, list[int]]:
+        gateway = await CliProcess.start("gateway", service_env(settings, FLOWSCRIBE_GATEWAY_PROCESSES="2"))
+        try:
+            started = await gateway.event("gateway processes started")
+            assert started["processes"] == 2 and len(started["pids"]) == 2
+
+            async def listening_pids() -> set[int] | None:
+                pids = {e["pid"] for e in gateway.events() if e.get("event") == "gateway listening"}
+                return pids if len(pids) == 2 else None
+
+            assert await eventually(listening_pids) == set(started["pids"])
+        except BaseException:
+            await gateway.stop()
+            raise
+        return gateway, f"http://127.0.0.1:{started['port']}", started["pids"]
+
+    async def test_processes_share_the_port_metrics_add_up_and_sigterm_stops_all(self, settings, broker):
+        gateway, base, pids = await self._started(settings)
+        try:
+            for _ in range(self.CALLBACKS):
+                # A connection each, so that the kernel spreads them over both processes.
+                async with aiohttp.ClientSession() as session:
+                    async with session.post(f"{base}/flowscribe/callback/{TOKEN}", data=JSON_SAMPLE,
+                                            headers={"Content-Type": "application/json"}) as r:
+                        assert r.status == 202, await r.text()
+            served = {e["pid"] for e in gateway.events() if e.get("event") == "callback accepted"}
+            assert served == set(pids)  # both took callbacks
+            for _ in range(6):  # whichever process answers, the sum of both
+                async with aiohttp.ClientSession() as session:
+                    async with session.get(f"{base}/metrics") as r:
+                        text = await r.text()
+                assert f'flowscribe_callbacks_received_total{{status="202"}} {float(self.CALLBACKS)}' in text
+            queue = await broker.declare_queue(topology.CALLBACK_QUEUE, passive=True)
+            assert queue.declaration_result.message_count == self.CALLBACKS
+        finally:
+            code = await gateway.stop()
+        assert code == 0
+        exited = [e for e in gateway.events() if e.get("event") == "gateway process exited"]
+        assert sorted(e["pid"] for e in exited) == sorted(pids) and {e["exit_code"] for e in exited} == {0}
+        assert [e for e in gateway.events() if e.get("event") == "gateway stopped"][-1]["processes"] == 2
+
+    async def test_a_process_that_dies_stops_the_others_and_the_exit_status_says_so(self, settings):
+        gateway, _, pids = await self._started(settings)
+        try:
+            os.kill(pids[0], signal.SIGKILL)
+            assert await asyncio.wait_for(gateway.process.wait(), 30) == 1
+        finally:
+            await gateway.stop()
+        died = [e for e in gateway.events() if e.get("event") == "gateway process exited unexpectedly; stopping the others"]
+        assert [(e["pid"], e["exit_code"]) for e in died] == [(pids[0], -signal.SIGKILL)]
+        others = [e for e in gateway.events() if e.get("event") == "gateway process exited"]
+        assert [(e["pid"], e["exit_code"]) for e in others] == [(pids[1], 0)]
