@@ -241,6 +241,10 @@ class Worker:
                 continue
             messages[callback.id] = message
             callbacks.append(callback)
+            # Decoding a batch is a few hundred ms of CPU; between two messages, let
+            # the batches being written send their next COPY data, commit and ack,
+            # or PostgreSQL idles until the whole batch is decoded.
+            await asyncio.sleep(0)
         return (callbacks, messages) if callbacks else None
 
     async def _land(
