@@ -23,16 +23,6 @@ class Callback:
     body: bytes
     payload: Payload
     reprocess: bool = False  # re-derive a stored callback's rows (see worker.store)
-    # COPY records of each child table (table -> records), made with the Callback, so
-    # that the worker builds them while decoding, not inside the write transaction
-    # where the database connection would wait on them.
-    child_records: dict[str, list[tuple[object, ...]]] = dataclasses.field(init=False)
-
-    def __post_init__(self) -> None:
-        analysis = self.payload.ConversationAnalysisModel
-        self.child_records = {} if analysis is None else {
-            table: child_rows(analysis, attribute) for table, (attribute, _) in CHILD_COLUMNS.items()
-        }
 
     @property
     def analysis(self) -> ConversationAnalysis | None:

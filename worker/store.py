@@ -46,6 +46,7 @@ from worker.rows import (
     CHILD_COLUMNS,
     Callback,
     analysis_row,
+    child_rows,
 )
 
 SCHEMA = "flowscribe"
@@ -196,8 +197,8 @@ async def _write(conn: asyncpg.Connection, plan: Plan, stored: set[uuid.UUID]) -
 
     winners = list(plan.winners.values())
     rows["analyses"] = await _copy(conn, "analyses", ANALYSIS_COLUMNS, [analysis_row(cb) for cb in winners])
-    for table, (_, columns) in CHILD_COLUMNS.items():
-        records = [row for cb in winners for row in cb.child_records[table]]
+    for table, (attribute, columns) in CHILD_COLUMNS.items():
+        records = [row for cb in winners for row in child_rows(cb.analysis, attribute)]  # type: ignore[arg-type]
         rows[table] = await _copy(conn, table, columns, records)
 
     if plan.jobs:
