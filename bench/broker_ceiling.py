@@ -80,12 +80,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--duration", type=float, default=10)
     parser.add_argument("--warmup", type=float, default=2)
-    parser.add_argument("--uvloop", action="store_true")
     args = parser.parse_args()
-    if args.uvloop:
-        import uvloop
-
-        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     result = asyncio.run(run(args.url, Path(args.body_file).read_bytes(), args.content_type, args.concurrency,
                              args.duration, args.warmup))
     sys.stdout.write(json.dumps(result) + "\n")

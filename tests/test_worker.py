@@ -12,6 +12,7 @@ import asyncpg
 from schemas import topology
 from tests.support import JSON_SAMPLE, XML_SAMPLE, CliProcess, TcpProxy, eventually, service_env
 from tests.test_pipeline import T0, publish_as_gateway, versioned
+from worker.acks import AckWindow
 from worker.store import lock_key
 
 
@@ -281,3 +282,61 @@ class TestCollectorTuning:
             assert gc.get_freeze_count() > 0
         assert gc.get_threshold() == before
         assert gc.get_freeze_count() == 0
+
+
+class _Delivery:
+    """The part of an aio-pika delivery that AckWindow uses: its tag and ack()."""
+
+    def __init__(self, tag: int, frames: list[tuple[int, bool]]) -> None:
+        self.delivery_tag = tag
+        self._frames = frames
+
+    async def ack(self, multiple: bool = False) -> None:
+        self._frames.append((self.delivery_tag, multiple))
+
+
+class TestAckWindow:
+    """One basic.ack(multiple=True) per batch, only when no older delivery is still unsettled."""
+
+    @staticmethod
+    def _window(n: int) -> tuple[AckWindow, list[_Delivery], list[tuple[int, bool]]]:
+        frames: list[tuple[int, bool]] = []
+        window = AckWindow()
+        deliveries = [_Delivery(tag, frames) for tag in range(1, n + 1)]
+        for d in deliveries:
+            window.delivered(d)
+        return window, deliveries, frames
+
+    async def test_batches_committed_in_order_take_one_frame_each(self):
+        window, d, frames = self._window(6)
+        await window.ack(d[0:3])
+        await window.ack(d[3:6])
+        assert frames == [(3, True), (6, True)]
+        assert not any(window.owns(x) for x in d)
+
+    async def test_a_batch_overtaking_an_older_one_is_acked_one_by_one(self):
+        window, d, frames = self._window(6)
+        await window.ack(d[3:6])  # the older batch (1-3) is still being written
+        assert frames == [(4, False), (5, False), (6, False)]
+        await window.ack(d[0:3])
+        assert frames[3:] == [(3, True)]
+
+    async def test_messages_settled_on_their_own_do_not_hold_the_window(self):
+        window, d, frames = self._window(5)
+        window.settled(d[1])  # dead-lettered: acked by the move itself
+        await window.ack([d[0], d[2]])
+        assert frames == [(3, True)]
+
+    async def test_a_message_left_unsettled_forces_single_acks_after_it(self):
+        window, d, frames = self._window(4)
+        # d[0] is held (e.g. left for redelivery at shutdown): acking past it would settle it.
+        await window.ack(d[1:4])
+        assert frames == [(2, False), (3, False), (4, False)]
+        assert window.owns(d[0])
+
+    async def test_a_message_of_another_channel_is_not_owned(self):
+        window, d, _ = self._window(2)
+        stranger = _Delivery(1, [])  # same tag, delivered on an earlier channel
+        assert window.owns(d[0]) and not window.owns(stranger)
+        window.settled(stranger)
+        assert window.owns(d[0])

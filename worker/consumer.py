@@ -39,6 +39,7 @@ from flowscribe_ingest.metrics import WorkerMetrics
 from flowscribe_ingest.settings import Settings
 from schemas import topology
 from schemas.topology import Topology
+from worker.acks import AckWindow
 from worker.dead_letter import attempts_so_far, dead_letter, retry_later
 from worker.decoding import PayloadDecodeError, decode_payload
 from worker.failures import Fault, classify, describe
@@ -108,6 +109,7 @@ class Worker:
         self._pool = pool
         self._inbox: asyncio.Queue[AbstractIncomingMessage | None] = asyncio.Queue()
         self._consumer: tuple[AbstractQueue, str] | None = None
+        self._window: AckWindow | None = None  # the current channel's unsettled deliveries
         self._broker: BrokerSession | None = None
         self._stopping = False
         self._give_up_at = float("inf")
@@ -122,7 +124,13 @@ class Worker:
         """Start consuming on a (new) channel; called by the broker session on every connect."""
         if self._stopping:
             return
-        tag = await declared.callback_queue.consume(self._inbox.put)
+        window = self._window = AckWindow()
+
+        async def deliver(message: AbstractIncomingMessage) -> None:
+            window.delivered(message)
+            await self._inbox.put(message)
+
+        tag = await declared.callback_queue.consume(deliver)
         self._consumer = (declared.callback_queue, tag)
         log.info("consuming", extra={"queue": topology.CALLBACK_QUEUE})
 
@@ -209,8 +217,8 @@ class Worker:
             log.exception("batch failed unexpectedly; its messages go back to the queue",
                           extra={"messages": len(batch)})
             for message in batch:
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(message.nack(requeue=True), self._settings.publish_timeout)
+                if self._unsettled(message):  # not those already acked or moved
+                    await self._nack(message)
             return None
 
     async def _process_safely(self, batch: list[AbstractIncomingMessage]) -> None:
@@ -318,11 +326,17 @@ class Worker:
 
     async def _ack_all(self, landed: list[AbstractIncomingMessage]) -> None:
         """Ack messages under one deadline (one timer, not one task per ack): a frame
-        written to a connection that died unnoticed can wait forever in the client."""
+        written to a connection that died unnoticed can wait forever in the client.
+        One frame for all of them when nothing older is unsettled (worker.acks)."""
+        window = self._window
         try:
             async with asyncio.timeout(self._settings.publish_timeout):
-                for message in landed:
-                    await message.ack()
+                if window is not None and landed and all(map(window.owns, landed)):
+                    await window.ack(landed)
+                else:  # some came on a channel that has closed since: those acks fail
+                    for message in landed:
+                        await message.ack()
+                        self._settled(message)
         except Exception as e:  # noqa: BLE001
             # Whatever was not acked is redelivered, and the store recognises it by id.
             log.warning("acks failed; unacked messages will be redelivered",
@@ -336,8 +350,22 @@ class Worker:
         """
         log.error(f"{failed}; the message goes back to the queue",
                   extra={"message_id": message.message_id, "reason": describe(exc)})
+        await self._nack(message)
+
+    async def _nack(self, message: AbstractIncomingMessage) -> None:
+        """Return ``message`` to the queue, if its channel still can (else the broker already has)."""
         with contextlib.suppress(Exception):
             await asyncio.wait_for(message.nack(requeue=True), self._settings.publish_timeout)
+            self._settled(message)
+
+    def _unsettled(self, message: AbstractIncomingMessage) -> bool:
+        """Not yet acked or rejected by us; a message of a closed channel counts (settling it fails harmlessly)."""
+        window = self._window
+        return window is None or window.owns(message) or not _channel_open(message)
+
+    def _settled(self, message: AbstractIncomingMessage) -> None:
+        if self._window is not None:
+            self._window.settled(message)
 
     async def _retry_later(self, message: AbstractIncomingMessage, exc: BaseException) -> None:
         """A transient failure that outlasted in-process retries: try again later, or give up."""
@@ -355,6 +383,7 @@ class Worker:
         except Exception as e:  # noqa: BLE001
             await self._return_to_queue(message, "scheduling a retry failed", e)
             return
+        self._settled(message)
         self.outcomes["retried"] += 1
         self.metrics.count("retried")
         log.warning("callback to be retried",
@@ -378,6 +407,7 @@ class Worker:
         except Exception as e:  # noqa: BLE001
             await self._return_to_queue(message, "dead-lettering failed", e)
             return
+        self._settled(message)
         self.outcomes["dead_lettered"] += 1
         self.metrics.count("dead_lettered")
         log.warning("callback dead-lettered",
