@@ -28,10 +28,11 @@ def _gateway(settings: Settings) -> int:
         from gateway.processes import serve_in_processes
 
         return serve_in_processes(settings)
+    from flowscribe_ingest.serving import listening_socket
     from gateway.server import check_startable, serve
 
     check_startable(settings)
-    asyncio.run(serve(settings))
+    asyncio.run(serve(settings, listening_socket(settings.gateway_host, settings.gateway_port)))
     return 0
 
 

@@ -1,4 +1,9 @@
-"""Run an aiohttp application on a TCP port for as long as a block runs."""
+"""Run an aiohttp application on a TCP port for as long as a block runs.
+
+The socket is bound first, by ``listening_socket``, and handed to the server:
+one way to listen, whether a process serves alone or shares its port with
+others (gateway.processes binds one socket per process before forking).
+"""
 
 from __future__ import annotations
 
@@ -35,19 +40,18 @@ def listening_socket(host: str, port: int, *, reuse_port: bool = False, backlog:
 
 @contextlib.asynccontextmanager
 async def listening(
-    runner: web.AppRunner, host: str, port: int, *, logger: logging.Logger, event: str,
-    sock: socket.socket | None = None,
+    runner: web.AppRunner, sock: socket.socket, *, logger: logging.Logger, event: str
 ) -> AsyncIterator[int]:
-    """Set up ``runner``, listen on ``host:port`` (or on ``sock``, already bound) and
-    log ``event`` with the bound address (port 0 picks a free one; tests and bench
-    read it from the log). Yields the port; the runner is cleaned up on the way
-    out, whatever happened."""
+    """Set up ``runner``, serve on ``sock`` (from ``listening_socket``) and log ``event``
+    with the bound address (port 0 picks a free one; tests and bench read it from
+    the log). Yields the port; the runner is cleaned up on the way out, whatever happened."""
     await runner.setup()
     try:
-        site = web.TCPSite(runner, host, port) if sock is None else web.SockSite(runner, sock)
+        site = web.SockSite(runner, sock)
         await site.start()
         bound_host, bound_port = runner.addresses[0][:2]
         logger.info(event, extra={"host": bound_host, "port": bound_port})
         yield bound_port
     finally:
         await runner.cleanup()
+        sock.close()  # already closed by the server once it started; not if it never did

@@ -148,7 +148,7 @@ def _child(serve: Callable[..., Awaitable[None]], settings: Settings, sock: sock
         for sig in _STOP_SIGNALS:
             signal.signal(sig, signal.SIG_DFL)  # until the event loop installs its own
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
-        asyncio.run(serve(settings, sock=sock))
+        asyncio.run(serve(settings, sock))
         return 0
     except BaseException:
         log.exception("gateway process failed", extra={"index": index})

@@ -82,10 +82,10 @@ def warn_about_settings(settings: Settings) -> None:
         )
 
 
-async def serve(settings: Settings, stop: asyncio.Event | None = None, sock: socket.socket | None = None) -> None:
-    """Serve until ``stop`` is set (by default: until SIGTERM/SIGINT), on
-    FLOWSCRIBE_GATEWAY_HOST/PORT or on ``sock`` (bound by gateway.processes).
-    Call ``check_startable`` first (once per host, not once per process)."""
+async def serve(settings: Settings, sock: socket.socket, stop: asyncio.Event | None = None) -> None:
+    """Serve on ``sock`` (``listening_socket(FLOWSCRIBE_GATEWAY_HOST, _PORT)``, or one
+    of gateway.processes' sockets) until ``stop`` is set (by default: until
+    SIGTERM/SIGINT). Call ``check_startable`` first (once per host, not once per process)."""
     stop = stop or asyncio.Event()
     with redacted_logs(settings.callback_tokens):
         runner = web.AppRunner(
@@ -94,9 +94,7 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None, sock: soc
             handle_signals=False,
             **server_options(settings),
         )
-        async with listening(
-            runner, settings.gateway_host, settings.gateway_port, logger=log, event="gateway listening", sock=sock
-        ):
+        async with listening(runner, sock, logger=log, event="gateway listening"):
             with stop_on_signals(stop):
                 await stop.wait()
             log.info("gateway stopping: finishing in-flight requests")

@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry
 
 from flowscribe_ingest.amqp import BrokerSession
 from flowscribe_ingest.metrics import metrics_handler
-from flowscribe_ingest.serving import listening
+from flowscribe_ingest.serving import listening, listening_socket
 from flowscribe_ingest.settings import Settings
 
 log = logging.getLogger("worker")
@@ -95,7 +95,6 @@ async def serving(settings: Settings, registry: CollectorRegistry, readiness: Re
     """
     # No access log: probes and scrapes every few seconds would drown the worker's own lines.
     runner = web.AppRunner(create_app(registry, readiness), access_log=None, handle_signals=False)
-    async with listening(
-        runner, settings.worker_http_host, settings.worker_http_port, logger=log, event="worker http listening"
-    ) as port:
+    sock = listening_socket(settings.worker_http_host, settings.worker_http_port)
+    async with listening(runner, sock, logger=log, event="worker http listening") as port:
         yield port
