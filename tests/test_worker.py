@@ -284,6 +284,25 @@ class TestCollectorTuning:
         assert gc.get_freeze_count() == 0
 
 
+class TestOneAckPerBatch:
+    """A prefilled queue is acked in far fewer frames than messages, and nothing is left unsettled."""
+
+    async def test_batches_take_one_ack_frame_and_moved_messages_settle_the_window(self, db, broker, start_worker):
+        for i in range(30):
+            await publish_as_gateway(broker, versioned(1, analysis_id=str(uuid.uuid4())), received_at=T0)
+            if i in (4, 17):  # dead-lettered: settled by their move, not by a batch ack
+                await publish_as_gateway(broker, b'{"Success": tru', received_at=T0)
+        running = start_worker(batch_size=10, batch_wait=0.5)
+        await eventually(lambda: _count_is(db, 30), what="the good callbacks")
+        await eventually(lambda: _dead_letters_n(broker, 2), what="the poison")
+        worker = await running.stop()
+        assert worker.acks["messages"] == 30
+        # The oldest batch in flight always gets one frame; one overtaking it is acked per message.
+        assert worker.acks["frames"] <= 30 - 9
+        assert worker.unsettled == 0
+        assert await queue_depth(broker) == 0
+
+
 class _Delivery:
     """The part of an aio-pika delivery that AckWindow uses: its tag and ack()."""
 

@@ -37,18 +37,24 @@ class AckWindow:
         if self.owns(message):
             del self._pending[_tag(message)]
 
-    async def ack(self, messages: list[AbstractIncomingMessage]) -> None:
-        """Ack ``messages`` (all this window's, unsettled): one frame if nothing older is pending."""
+    def __len__(self) -> int:
+        """How many deliveries are still unsettled."""
+        return len(self._pending)
+
+    async def ack(self, messages: list[AbstractIncomingMessage]) -> int:
+        """Ack ``messages`` (all this window's, unsettled): one frame if nothing older is
+        pending. Returns the number of ack frames sent."""
         last = max(messages, key=_tag)
         batch = {_tag(m) for m in messages}
         if all(tag > _tag(last) or tag in batch for tag in self._pending):
             for tag in batch:  # before the frame: nothing may settle them again meanwhile
                 del self._pending[tag]
             await last.ack(multiple=True)
-            return
+            return 1
         for message in sorted(messages, key=_tag):
             await message.ack()
             del self._pending[_tag(message)]
+        return len(messages)
 
 
 def _tag(message: AbstractIncomingMessage) -> int:

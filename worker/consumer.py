@@ -115,7 +115,14 @@ class Worker:
         self._give_up_at = float("inf")
         self.name = f"worker@{socket.gethostname()}:{os.getpid()}"
         self.outcomes: Counter[str] = Counter()  # totals since start, for tests and logs
+        # Committed messages acked, and the ack frames that took (worker.acks): logged at stop.
+        self.acks: Counter[str] = Counter()
         self.metrics = WorkerMetrics()  # the same and more, for Prometheus (worker.http)
+
+    @property
+    def unsettled(self) -> int:
+        """Deliveries on the current channel neither acked nor rejected yet (in hand or being written)."""
+        return len(self._window) if self._window is not None else 0
 
     def use_broker(self, broker: BrokerSession) -> None:
         self._broker = broker
@@ -201,7 +208,9 @@ class Worker:
             in_hand += len(batch)
             if batch and time.monotonic() < self._give_up_at:
                 await self._process_safely(batch)
-        log.info("worker stopped", extra={"landed_on_stop": in_hand, **self.outcomes})
+        log.info("worker stopped", extra={"landed_on_stop": in_hand, **self.outcomes,
+                                          "acked": self.acks["messages"], "ack_frames": self.acks["frames"],
+                                          "left_for_redelivery": self.unsettled})
 
     def _drain(self, limit: int) -> list[AbstractIncomingMessage | None]:
         taken: list[AbstractIncomingMessage | None] = []
@@ -332,11 +341,13 @@ class Worker:
         try:
             async with asyncio.timeout(self._settings.publish_timeout):
                 if window is not None and landed and all(map(window.owns, landed)):
-                    await window.ack(landed)
+                    self.acks["frames"] += await window.ack(landed)
                 else:  # some came on a channel that has closed since: those acks fail
                     for message in landed:
                         await message.ack()
                         self._settled(message)
+                        self.acks["frames"] += 1
+            self.acks["messages"] += len(landed)
         except Exception as e:  # noqa: BLE001
             # Whatever was not acked is redelivered, and the store recognises it by id.
             log.warning("acks failed; unacked messages will be redelivered",
