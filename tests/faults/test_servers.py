@@ -43,6 +43,24 @@ async def _get(url: str, queue_name: str, timeout: float = 15.0) -> bytes:
         return message.body
 
 
+async def _store_token(url: str, token: str) -> None:
+    """Commit one row with ``token`` (a probe that a restart or crash must keep)."""
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute("CREATE TABLE IF NOT EXISTS fault_probe (token text PRIMARY KEY)")
+        await conn.execute("INSERT INTO fault_probe VALUES ($1)", token)
+    finally:
+        await conn.close()
+
+
+async def _tokens_stored(url: str, token: str) -> int:
+    conn = await asyncpg.connect(url)
+    try:
+        return await conn.fetchval("SELECT count(*) FROM fault_probe WHERE token = $1", token)
+    finally:
+        await conn.close()
+
+
 async def _timed(what: str, func: Callable[[], object]) -> None:
     began = time.monotonic()
     await asyncio.to_thread(func)
@@ -54,12 +72,7 @@ async def test_restart_keeps_row_and_persistent_quorum_message(
 ) -> None:
     token = secrets.token_hex(4)
     queue_name = f"fault-probe-{token}"
-    conn = await asyncpg.connect(private_postgres.url)
-    try:
-        await conn.execute("CREATE TABLE IF NOT EXISTS fault_probe (token text PRIMARY KEY)")
-        await conn.execute("INSERT INTO fault_probe VALUES ($1)", token)
-    finally:
-        await conn.close()
+    await _store_token(private_postgres.url, token)
     await _publish(private_rabbitmq.url, queue_name, token.encode())
     listing = await asyncio.to_thread(private_rabbitmq.ctl, "list_queues", "-q", "name", "type")
     assert f"{queue_name}\tquorum" in listing.stdout
@@ -69,31 +82,18 @@ async def test_restart_keeps_row_and_persistent_quorum_message(
         _timed("rabbitmq restart", private_rabbitmq.restart),
     )
 
-    conn = await asyncpg.connect(private_postgres.url)
-    try:
-        assert await conn.fetchval("SELECT count(*) FROM fault_probe WHERE token = $1", token) == 1
-    finally:
-        await conn.close()
+    assert await _tokens_stored(private_postgres.url, token) == 1
     assert await _get(private_rabbitmq.url, queue_name) == token.encode()
 
 
 async def test_postgres_crash_keeps_committed_row(private_postgres: PrivatePostgres) -> None:
     token = secrets.token_hex(4)
-    conn = await asyncpg.connect(private_postgres.url)
-    try:
-        await conn.execute("CREATE TABLE IF NOT EXISTS fault_probe (token text PRIMARY KEY)")
-        await conn.execute("INSERT INTO fault_probe VALUES ($1)", token)
-    finally:
-        await conn.close()
+    await _store_token(private_postgres.url, token)
 
     await _timed("postgres stop(immediate)", lambda: private_postgres.stop("immediate"))
     await _timed("postgres start (crash recovery)", private_postgres.start)
 
-    conn = await asyncpg.connect(private_postgres.url)
-    try:
-        assert await conn.fetchval("SELECT count(*) FROM fault_probe WHERE token = $1", token) == 1
-    finally:
-        await conn.close()
+    assert await _tokens_stored(private_postgres.url, token) == 1
 
 
 async def test_rabbitmq_kill_keeps_persistent_quorum_message(private_rabbitmq: PrivateRabbitMQ) -> None:
