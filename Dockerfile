@@ -7,10 +7,12 @@ COPY gateway ./gateway
 COPY worker ./worker
 COPY schemas ./schemas
 COPY ops ./ops
+COPY console ./console
 RUN pip install --no-cache-dir . && useradd --system --uid 10001 flowscribe
 USER flowscribe
 ENV FLOWSCRIBE_LOG_FORMAT=json
-# 8080: the gateway (callbacks, /metrics, /healthz, /readyz); 8081: a worker's /metrics, /healthz, /readyz.
-EXPOSE 8080 8081
+# 8080: the gateway (callbacks, /metrics, /healthz, /readyz); 8081: a worker's /metrics, /healthz, /readyz;
+# 8090: the operator's console (never expose it to the internet: see README, "The console").
+EXPOSE 8080 8081 8090
 ENTRYPOINT ["flowscribe-ingest"]
 CMD ["gateway"]

@@ -50,10 +50,24 @@ def _worker(settings: Settings) -> int:
     return 0
 
 
+def _console(settings: Settings) -> int:
+    from console.app import StartupError, check_startable
+    from console.server import serve
+    from flowscribe_ingest.serving import listening_socket
+
+    try:
+        check_startable(settings)
+    except StartupError as e:
+        raise SystemExit(f"flowscribe-ingest console: {e}") from None
+    asyncio.run(serve(settings, listening_socket(settings.console_host, settings.console_port)))
+    return 0
+
+
 COMMANDS = {
     "migrate": (_migrate, "create the database if needed and apply pending migrations"),
     "gateway": (_gateway, "serve the callback endpoint until SIGTERM/SIGINT"),
     "worker": (_worker, "consume callbacks into PostgreSQL until SIGTERM/SIGINT"),
+    "console": (_console, "serve the operator's console (a web UI, default 127.0.0.1:8090) until SIGTERM/SIGINT"),
 }
 
 

@@ -264,7 +264,7 @@ class TestDockerfile:
         copied = set(re.findall(r"^COPY (\S+) \./\1$", dockerfile, re.MULTILINE))
         assert set(packages) <= copied, set(packages) - copied
         assert 'ENTRYPOINT ["flowscribe-ingest"]' in dockerfile
-        assert re.search(r"^EXPOSE 8080 8081$", dockerfile, re.MULTILINE)
+        assert re.search(r"^EXPOSE 8080 8081 8090$", dockerfile, re.MULTILINE)
 
 
 def analysis_body(i: int) -> bytes:

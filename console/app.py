@@ -1,0 +1,83 @@
+"""The console's aiohttp application: resources, middlewares, templates, routes."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import asyncpg
+from aiohttp import web
+
+from console import actions, callbacks, keys, letters, login, overview, security
+from console.jobs import Jobs
+from console.pages import ENVIRONMENT, environment
+from console.previews import Previews
+from console.queues import DeadLetterGlance
+from console.sessions import SessionStore
+from flowscribe_ingest.amqp import BrokerSession
+from flowscribe_ingest.settings import Settings
+
+HERE = Path(__file__).parent
+
+
+class StartupError(Exception):
+    """The console cannot start with these settings (the message says which to set)."""
+
+
+def check_startable(settings: Settings) -> None:
+    if settings.console_user_header:
+        if not settings.trusted_proxies:
+            raise StartupError("FLOWSCRIBE_CONSOLE_USER_HEADER needs FLOWSCRIBE_TRUSTED_PROXIES: the proxies"
+                               " whose header is believed")
+    elif not settings.console_tokens:
+        raise StartupError("set FLOWSCRIBE_CONSOLE_TOKENS (name:role:token,...) or, behind an authenticating"
+                           " proxy, FLOWSCRIBE_CONSOLE_USER_HEADER")
+
+
+async def _database(app: web.Application) -> AsyncIterator[None]:
+    async with asyncpg.create_pool(app[keys.SETTINGS].database_url, min_size=1, max_size=4) as pool:
+        app[keys.POOL] = pool
+        yield
+
+
+async def _broker(app: web.Application) -> AsyncIterator[None]:
+    async with BrokerSession(app[keys.SETTINGS].amqp_url, "console") as session:
+        app[keys.BROKER] = session
+        yield
+
+
+async def _jobs(app: web.Application) -> AsyncIterator[None]:
+    app[keys.JOBS] = Jobs()
+    yield
+    await app[keys.JOBS].close(app[keys.SETTINGS].shutdown_timeout)
+
+
+async def _healthz(_request: web.Request) -> web.Response:
+    return web.Response(text="ok")
+
+
+async def _readyz(request: web.Request) -> web.Response:
+    try:
+        async with request.app[keys.POOL].acquire(timeout=2) as conn:
+            await conn.fetchval("SELECT 1")
+    except Exception:  # noqa: BLE001 - not ready, whatever the reason
+        raise web.HTTPServiceUnavailable(text="database not reachable") from None
+    if not request.app[keys.BROKER].ready:
+        raise web.HTTPServiceUnavailable(text="broker not connected")
+    return web.Response(text="ready")
+
+
+def create_app(settings: Settings) -> web.Application:
+    app = web.Application(middlewares=[security.headers, security.authentication, security.csrf])
+    app[keys.SETTINGS] = settings
+    app[keys.SESSIONS] = SessionStore()
+    app[keys.PREVIEWS] = Previews()
+    app[keys.GLANCE] = DeadLetterGlance(settings)
+    app.cleanup_ctx.extend([_database, _broker, _jobs])
+    app[ENVIRONMENT] = environment()
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/readyz", _readyz)
+    app.router.add_static("/static", HERE / "static")
+    for table in (login.routes, overview.routes, callbacks.routes, letters.routes, actions.routes):
+        app.router.add_routes(table)
+    return app
