@@ -14,8 +14,8 @@ from console.pages import ENVIRONMENT, environment
 from console.previews import Previews
 from console.queues import DeadLetterGlance
 from console.sessions import SessionStore
-from flowscribe_ingest.amqp import BrokerSession
-from flowscribe_ingest.settings import Settings
+from runtime.amqp import BrokerSession
+from runtime.settings import Settings
 
 HERE = Path(__file__).parent
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import asyncpg
 
 from console.jobs import Command
-from flowscribe_ingest.settings import Settings
+from runtime.settings import Settings
 from ops import purge, replay, reprocess, transfer
 from ops.render import Console
 from ops.selection import Selector

@@ -8,8 +8,8 @@ import asyncpg
 from aiohttp import web
 
 from console.sessions import Session
-from flowscribe_ingest.amqp import BrokerSession
-from flowscribe_ingest.settings import Settings
+from runtime.amqp import BrokerSession
+from runtime.settings import Settings
 
 if TYPE_CHECKING:
     from console.jobs import Jobs

@@ -11,9 +11,8 @@ from aiohttp import web
 from console import chart, keys, ledger
 from console.pages import render
 from console.queues import depths
-from flowscribe_ingest.amqp import BrokerUnavailable
+from runtime.amqp import BrokerUnavailable
 from schemas import topology
-from worker.failures import describe
 
 log = logging.getLogger("console")
 routes = web.RouteTableDef()
@@ -35,7 +34,7 @@ async def overview(request: web.Request) -> web.StreamResponse:
     except (BrokerUnavailable, TimeoutError) as e:
         context["queue_error"] = f"RabbitMQ: {e or 'no answer'}"
     except Exception as e:  # noqa: BLE001 - a page, not a crash
-        context["queue_error"] = f"RabbitMQ: {describe(e)}"
+        context["queue_error"] = f"RabbitMQ: {type(e).__name__}: {e}"
     glance = request.app[keys.GLANCE]
     if context["queues"] is not None:
         (dead,) = [q for q in context["queues"] if q.name == topology.DEAD_LETTER_QUEUE]

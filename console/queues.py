@@ -17,14 +17,13 @@ import datetime
 import time
 from typing import Any
 
-from flowscribe_ingest.amqp import BrokerSession, BrokerUnavailable
-from flowscribe_ingest.settings import Settings
+from runtime.amqp import BrokerSession, BrokerUnavailable
+from runtime.settings import Settings
 from ops import connect
 from ops.dead_letters import DeadLetterQueue
 from ops.errors import OpsError
 from ops.selection import Selector
 from schemas import topology
-from worker.failures import describe
 
 NEWEST = 5
 MIN_INTERVAL = 30.0
@@ -93,6 +92,6 @@ class DeadLetterGlance:
                 self.error = str(e)
                 return
             except Exception as e:  # noqa: BLE001 - the overview says so and goes on
-                self.error = describe(e)
+                self.error = f"{type(e).__name__}: {e}"
                 return
             self.remember(seen, list(reversed(newest)))

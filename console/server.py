@@ -9,9 +9,9 @@ import socket
 from aiohttp import web
 
 from console.app import create_app
-from flowscribe_ingest.lifecycle import stop_on_signals
-from flowscribe_ingest.serving import listening
-from flowscribe_ingest.settings import Settings
+from runtime.lifecycle import stop_on_signals
+from runtime.serving import listening
+from runtime.settings import Settings
 
 log = logging.getLogger("console")
 

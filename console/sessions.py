@@ -16,7 +16,7 @@ import secrets
 import time
 from collections.abc import Iterable
 
-from flowscribe_ingest.settings import ConsoleCredential
+from runtime.settings import ConsoleCredential
 
 VIEW = "view"
 OPERATE = "operate"

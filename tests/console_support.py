@@ -12,7 +12,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from console.app import create_app
-from flowscribe_ingest.settings import ConsoleCredential, Secrets, Settings
+from runtime.settings import ConsoleCredential, Secrets, Settings
 
 OPERATOR_TOKEN = "operate-" + secrets.token_urlsafe(24)
 VIEWER_TOKEN = "view-" + secrets.token_urlsafe(24)

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from console.app import create_app
-from flowscribe_ingest.settings import Settings, SettingsError
+from runtime.settings import Settings, SettingsError
 from schemas import topology
 from tests.console_support import (  # noqa: F401
     OPERATOR_TOKEN,
