@@ -12,7 +12,7 @@ from collections.abc import Iterable
 
 from ops.commands import OUTCOMES
 
-WIDTH = 720
+WIDTH = 1000
 HEIGHT = 200
 MAX_BARS = 180
 
@@ -38,7 +38,7 @@ class Chart:
     bars: list[Bar]
     peak: int
     bucket_minutes: int
-    ticks: list[tuple[float, str]]  # x, label (UTC)
+    ticks: list[str]  # times (UTC) at 0, 1/6, ... 6/6 of the span, spaced evenly under the chart
     totals: dict[str, int]
     width: int = WIDTH
     height: int = HEIGHT
@@ -77,7 +77,7 @@ def bars(counts: Iterable[tuple[datetime.datetime, str, int]], *, now: datetime.
                 segments.append(Segment(outcome, round(y, 2), round(height, 2)))
         result.append(Bar(round(index * width, 2), round(max(width - 0.5, 0.5), 2),
                           datetime.datetime.fromtimestamp(start + index * step, datetime.UTC), bucket, segments))
-    tick_every = max(1, n // 6)
-    ticks = [(round(i * width, 2), datetime.datetime.fromtimestamp(start + i * step, datetime.UTC).strftime("%H:%M"))
-             for i in range(0, n, tick_every)]
+    # Labels are HTML under the chart, not SVG text: they stay legible however far the chart is scaled.
+    ticks = [datetime.datetime.fromtimestamp(start + k * (end - start) // 6, datetime.UTC).strftime("%H:%M")
+             for k in range(7)]
     return Chart(result, peak, step // 60, ticks, totals)
