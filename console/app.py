@@ -35,7 +35,10 @@ def check_startable(settings: Settings) -> None:
 
 
 async def _database(app: web.Application) -> AsyncIterator[None]:
-    async with asyncpg.create_pool(app[keys.SETTINGS].database_url, min_size=1, max_size=4) as pool:
+    # Custom plans always: the searches' filters are parameters, and a generic plan cannot know that a
+    # content type or outcome is rare; it scans the whole ledger for one nobody sent (bench.console).
+    async with asyncpg.create_pool(app[keys.SETTINGS].database_url, min_size=1, max_size=4,
+                                   server_settings={"plan_cache_mode": "force_custom_plan"}) as pool:
         app[keys.POOL] = pool
         yield
 

@@ -50,10 +50,12 @@ async def show(request: web.Request) -> web.StreamResponse:
     async with request.app[keys.POOL].acquire() as conn:
         row = await ledger.callback(conn, message_id)
         if row is None:
-            raise web.HTTPNotFound(text="no such callback in the ledger (a callback that never landed is a dead letter)")
+            raise web.HTTPNotFound(
+                text="no such callback in the ledger (a callback that never landed is a dead letter)")
         history = await ledger.versions(conn, row["analysis_id"]) if row["analysis_id"] else []
         stored = await ledger.stored(conn, row["analysis_id"], row["job_id"])
-    body = bodies.shown(bytes(row["body_head"]), row["size"], row["content_type"])
+    # No body: pruned from the archive (the ledger row stays).
+    body = None if row["body_head"] is None else bodies.shown(bytes(row["body_head"]), row["size"], row["content_type"])
     return render("callback.html", request, {
         "row": row, "body": body, "history": history, "stored": stored,
     })
@@ -65,7 +67,7 @@ async def download(request: web.Request) -> web.StreamResponse:
     async with request.app[keys.POOL].acquire() as conn:
         data = await ledger.body(conn, message_id)
     if data is None:
-        raise web.HTTPNotFound(text="no such callback")
+        raise web.HTTPNotFound(text="no such callback, or its body was pruned from the archive")
     audit(request, "console download", what="callback body", message_id=str(message_id))
     return attachment(data, f"callback-{message_id}.body")
 

@@ -18,10 +18,10 @@ from pathlib import Path
 import asyncpg
 
 from console.jobs import Command
-from runtime.settings import Settings
 from ops import purge, replay, reprocess, transfer
 from ops.render import Console
 from ops.selection import Selector
+from runtime.settings import Settings
 
 
 def replay_command(settings: Settings, selector: Selector, *, force: bool) -> Command:

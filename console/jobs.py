@@ -31,15 +31,13 @@ KEPT_LINES = 2000
 Command = Callable[[Console], Awaitable[int]]
 
 
-class Output(io.TextIOBase):
-    """A text stream that keeps the last KEPT_LINES lines written to it."""
+class Output(io.StringIO):
+    """A text stream that keeps the last KEPT_LINES lines written to it (and nothing else)."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.lines: collections.deque[str] = collections.deque(maxlen=KEPT_LINES)
         self._partial = ""
-
-    def writable(self) -> bool:
-        return True
 
     def write(self, text: str) -> int:
         # A terminal's progress line redraws itself with \r; here each redraw is a line.

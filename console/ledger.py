@@ -125,11 +125,12 @@ async def body(conn: asyncpg.Connection, message_id: uuid.UUID) -> bytes | None:
 
 async def versions(conn: asyncpg.Connection, analysis_id: uuid.UUID) -> list[asyncpg.Record]:
     """Every callback of an analysis in the order the gateway received them (the version history)."""
-    return await conn.fetch(
+    rows: list[asyncpg.Record] = await conn.fetch(
         f"SELECT {_COLUMNS} FROM flowscribe.callbacks WHERE analysis_id = $1"
         f" ORDER BY received_at, id LIMIT {VERSIONS_SHOWN}",
         analysis_id,
     )
+    return rows
 
 
 @dataclasses.dataclass(slots=True)
@@ -185,11 +186,12 @@ async def stored(conn: asyncpg.Connection, analysis_id: uuid.UUID | None, job_id
 async def per_bucket(conn: asyncpg.Connection, since: datetime.datetime,
                      bucket_seconds: int) -> list[asyncpg.Record]:
     """Callbacks received since ``since``, counted per time bucket and outcome."""
-    return await conn.fetch(
+    rows: list[asyncpg.Record] = await conn.fetch(
         "SELECT to_timestamp(floor(extract(epoch FROM received_at) / $2) * $2) AS bucket, outcome,"
         " count(*) AS n FROM flowscribe.callbacks WHERE received_at >= $1 GROUP BY 1, 2",
         since, bucket_seconds,
     )
+    return rows
 
 
 async def lag(conn: asyncpg.Connection, since: datetime.datetime) -> asyncpg.Record:

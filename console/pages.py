@@ -24,8 +24,12 @@ def environment() -> jinja2.Environment:
         autoescape=True,
         undefined=jinja2.StrictUndefined,
     )
-    env.filters.update(when=when, size=size, pretty=_pretty)
+    env.filters.update(when=when, size=_size, pretty=_pretty)
     return env
+
+
+def _size(n: int | None) -> str:
+    return "" if n is None else size(n)  # None: a body pruned from the archive
 
 
 def _pretty(value: Any) -> str:

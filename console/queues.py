@@ -17,12 +17,12 @@ import datetime
 import time
 from typing import Any
 
-from runtime.amqp import BrokerSession, BrokerUnavailable
-from runtime.settings import Settings
 from ops import connect
 from ops.dead_letters import DeadLetterQueue
 from ops.errors import OpsError
 from ops.selection import Selector
+from runtime.amqp import BrokerSession, BrokerUnavailable
+from runtime.settings import Settings
 from schemas import topology
 
 NEWEST = 5

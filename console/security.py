@@ -67,7 +67,8 @@ async def authentication(request: web.Request, handler: Handler) -> web.StreamRe
     store = request.app[keys.SESSIONS]
     session = store.get(request.cookies.get(COOKIE))
     fresh = False
-    if settings.console_user_header:
+    if settings.console_user_header and not PUBLIC.match(request.path):
+        # Probes and static files come without the proxy (a kubelet asks /healthz directly).
         user = _proxy_user(request)
         if session is None or session.user != user:
             session = store.new(user, OPERATE if user in settings.console_operators else VIEW)
@@ -75,6 +76,8 @@ async def authentication(request: web.Request, handler: Handler) -> web.StreamRe
     elif session is None:
         session = store.new()
         fresh = True
+    if settings.console_user_header and PUBLIC.match(request.path) and request.path == "/login":
+        raise web.HTTPSeeOther("/")  # no login form: the proxy logs people in
     request[keys.SESSION] = session
     if session.user is None and not PUBLIC.match(request.path):
         if request.method in ("GET", "HEAD"):

@@ -287,6 +287,8 @@ class TestTrustedHeader:
             assert "role-operate" in page
             response, _ = await c.get("/callbacks")
             assert response.status == 403
+            response, _ = await c.get("/healthz")  # probes come without the proxy
+            assert response.status == 200
         finally:
             await c.close()
             await server.close()
@@ -335,3 +337,57 @@ class TestCommand:
         assert await asyncio.wait_for(refused.process.wait(), 30) != 0
         await refused.stop()
         assert "FLOWSCRIBE_CONSOLE_TOKENS" in refused.output
+
+
+async def finished_job(client: Client, path: str) -> str:
+    async def done() -> str | None:
+        _, text = await client.get(path)
+        return text if "finished" in text else None
+
+    return await eventually(done, what="the job to finish")
+
+
+class TestBodiesExportAndReprocess:
+    """Bodies are shown cut when large and downloaded exact; export is the CLI's NDJSON; reprocess previews first."""
+
+    async def test_a_large_body_is_cut_on_the_page_and_exact_in_the_download(self, client, db):
+        from console import ledger
+
+        text = "x" * (ledger.WHOLE_BODY_LIMIT + 10)
+        body = versioned(1, analysis_id=str(uuid.uuid4()), text=text)
+        stored = await store(db, body, T0)
+        await client.login(VIEWER_TOKEN)
+        _, page = await client.get(f"/callbacks/{stored}")
+        assert "cut, download for all of it" in page and len(page) < len(body)
+        response, _ = await client.get(f"/callbacks/{stored}/body")
+        async with client.http.get(client.url(f"/callbacks/{stored}/body")) as response:
+            assert await response.read() == body
+
+    async def test_export_is_the_commands_ndjson_and_changes_nothing(self, client, broker):
+        from ops.messages import FORMAT, from_record
+
+        ids = [await dead_letter(broker, versioned(1, analysis_id=str(uuid.uuid4())), error=f"E{i}: x")
+               for i in range(3)]
+        await client.login(VIEWER_TOKEN)
+        async with client.http.get(client.url("/dead-letters/export?reason=e1")) as response:
+            assert response.status == 200 and response.headers["Content-Disposition"].startswith("attachment")
+            lines = (await response.text()).splitlines()
+        assert [json.loads(line)["message_id"] for line in lines] == [ids[1]]
+        record = json.loads(lines[0])
+        assert record["format"] == FORMAT and from_record(record).message_id == ids[1]
+        assert await depth(broker, topology.DEAD_LETTER_QUEUE) == 3
+
+    async def test_reprocess_one_callback_after_its_preview(self, console, db, broker):  # noqa: F811
+        olga = await operator(console)
+        analysis = str(uuid.uuid4())
+        older = await store(db, versioned(1, analysis_id=analysis), T0)
+        await store(db, versioned(2, analysis_id=analysis), T0 + datetime.timedelta(seconds=1))
+        response, page = await olga.post(f"/callbacks/{older}/reprocess", {})
+        assert response.url.path.startswith("/previews/") and older in page and "superseded" in page
+        assert await depth(broker, topology.CALLBACK_QUEUE) == 0  # a preview publishes nothing
+        response, _ = await olga.post(response.url.path + "/confirm", {})
+        page = await finished_job(olga, response.url.path)
+        assert "published 1 for reprocessing" in page
+        [message] = await drain(broker, topology.CALLBACK_QUEUE)
+        assert message.message_id == older and message.headers[topology.HEADER_REPROCESS] == "1"
+        await olga.close()
