@@ -1,4 +1,4 @@
-"""``python -m bench [--quick] [--only PHASE ...] [--profile]``: every figure next to its ceiling, one run.
+"""The bench's phases and the helpers they share (``python -m bench`` runs them: bench/__main__.py).
 
 Phases (each a function below; results go to bench/out/results.json as they come):
 
@@ -27,7 +27,7 @@ import subprocess
 import sys
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -524,7 +524,12 @@ PHASES = {"gateway": phase_gateway, "worker": phase_worker, "scaling": phase_sca
           "backlog": phase_backlog}
 
 
-async def main_async(args: argparse.Namespace) -> int:
+# A step run after the phases, on the same services and bodies (bench/profile.py's run):
+# passed in by bench/__main__.py, so that this module never imports the profiler that imports it.
+Extra = Callable[[Services, "Bodies", Path, bool], Awaitable[dict[str, Any]]]
+
+
+async def main_async(args: argparse.Namespace, profile: Extra | None = None) -> int:
     cfg = QUICK if args.quick else FULL
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
     out = OUT / f"{stamp}-{cfg.name}"
@@ -554,12 +559,10 @@ async def main_async(args: argparse.Namespace) -> int:
                 results[name] = {"error": f"{type(e).__name__}: {e}"}
             results.setdefault("phase_seconds", {})[name] = round(time.monotonic() - t, 1)
             (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
-        if args.profile or (args.only and "profile" in args.only):
-            from bench import profile
-
+        if profile is not None and (args.profile or (args.only and "profile" in args.only)):
             t = time.monotonic()
             try:
-                results["profile"] = await profile.run(services, bodies, out, quick=args.quick)
+                results["profile"] = await profile(services, bodies, out, args.quick)
             except Exception as e:  # noqa: BLE001
                 traceback.print_exc()
                 results["profile"] = {"error": f"{type(e).__name__}: {e}"}
@@ -577,14 +580,3 @@ async def main_async(args: argparse.Namespace) -> int:
     say(f"done in {results['seconds']:.0f}s: {target / 'RESULTS.md'}, {target / 'results.png'}")
     return 0
 
-
-def main() -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a 1-2 minute smoke run (smaller counts, shorter runs)")
-    parser.add_argument("--only", nargs="+", choices=[*PHASES, "profile"], help="run only these phases")
-    parser.add_argument("--profile", action="store_true", help="also profile worker and gateway with py-spy")
-    return asyncio.run(main_async(parser.parse_args()))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

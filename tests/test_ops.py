@@ -59,7 +59,7 @@ def letter(
     stage: str = "decode", received_at: datetime.datetime = T0, at: datetime.datetime | None = None,
     content_type: str = "application/json", headers: dict | None = None,
 ) -> aio_pika.Message:
-    """A message as the worker dead-letters it (the headers of worker.dead_letter.dead_letter_copy)."""
+    """A message as the worker dead-letters it (the headers of worker.moving.dead_letter_copy)."""
     return aio_pika.Message(
         body, message_id=message_id or str(uuid.uuid4()), content_type=content_type,
         delivery_mode=aio_pika.DeliveryMode.PERSISTENT,

@@ -40,7 +40,7 @@ from runtime.settings import Settings
 from schemas import topology
 from schemas.topology import Topology
 from worker.acks import AckWindow
-from worker.dead_letter import attempts_so_far, dead_letter, retry_later
+from worker.moving import attempts_so_far, dead_letter, retry_later
 from schemas.decoding import PayloadDecodeError, decode_payload
 from worker.failures import Fault, classify, describe
 from worker.http import Readiness, serving
