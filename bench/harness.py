@@ -125,10 +125,11 @@ async def prefill(services: Services, bodies: Iterator[tuple[bytes, int]], n: in
     """Publish ``n`` bodies exactly as the gateway does (its own publish_callback); returns their rows."""
     from runtime.amqp import BrokerSession
     from gateway.publisher import publish_callback
+    from schemas import topology
 
     rows = 0
     remaining = iter(range(n))
-    async with BrokerSession(services.amqp_url, "bench-prefill") as broker:
+    async with BrokerSession(services.amqp_url, "bench-prefill", declare=topology.declare) as broker:
         await broker.wait_ready(30)
 
         async def publisher() -> None:

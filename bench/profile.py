@@ -138,7 +138,7 @@ async def stages(services: Services, bodies: Any) -> dict[str, Any]:
     from bench import copy_ceiling
     from runtime.logs import JsonFormatter
     from schemas import topology
-    from worker.consumer import to_callback
+    from schemas.message import to_callback
     from schemas.decoding import decode_payload
     from store.rows import CHILD_COLUMNS, analysis_row, child_rows
     from store.batch import write_batch

@@ -27,8 +27,10 @@ from schemas import topology
 from tests.support import XML_SAMPLE, eventually
 from tests.test_pipeline import T0, publish_as_gateway, versioned
 from schemas.decoding import decode_payload
-from store.rows import Callback
-from store.batch import Outcome, Stored, decide, write_batch
+from schemas.message import Callback
+from store.batch import write_batch
+from store.decision import Stored, decide
+from store.outcomes import Outcome
 
 BROKEN_JSON = b'{"Success": tru'
 FAILED_JOB = json.dumps({
