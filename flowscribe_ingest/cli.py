@@ -15,9 +15,15 @@ log = logging.getLogger("flowscribe_ingest")
 
 
 def _migrate(settings: Settings) -> int:
+    from ops.connect import CANNOT_CONNECT, unreachable
     from schemas.migrations import migrate
 
-    applied = asyncio.run(migrate(settings.database_url))
+    try:
+        applied = asyncio.run(migrate(settings.database_url))
+    except CANNOT_CONNECT as e:
+        # Said as the ops commands say it: one line with what to check, no traceback.
+        print(f"flowscribe-ingest: {unreachable('PostgreSQL', settings.database_url, e)}", file=sys.stderr)
+        return 1
     log.info("database up to date", extra={"applied_now": applied})
     return 0
 
@@ -62,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="flowscribe-ingest",
         description="Land Flowscribe callbacks in PostgreSQL. Settings come from FLOWSCRIBE_* variables (see README).",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (_, help_text) in COMMANDS.items():
         sub.add_parser(name, help=help_text, description=help_text)
@@ -81,6 +88,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def version() -> str:
+    """The installed distribution's version: pyproject.toml is its one source."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed_version
+
+    try:
+        return installed_version("flowscribe-ingest")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
+
+
 def new_secret(signing: bool = False) -> str:
     import base64
     import secrets
@@ -98,8 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = Settings.from_env()
     except SettingsError as e:
-        print(f"flowscribe-ingest: bad setting: {e}", file=sys.stderr)
-        return 2
+        return _bad_setting(e)
     if hasattr(args, "ops"):
         return ops_commands.main(settings, args)
     if args.command == "register":
@@ -109,8 +126,15 @@ def main(argv: list[str] | None = None) -> int:
     run, _ = COMMANDS[args.command]
     try:
         return run(settings)
+    except SettingsError as e:  # a combination a process cannot start with (the gateway without a token)
+        return _bad_setting(e)
     except KeyboardInterrupt:
         return 130
+
+
+def _bad_setting(error: SettingsError) -> int:
+    print(f"flowscribe-ingest: bad setting: {error}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":
