@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from flowscribe_ingest.settings import Settings, SettingsError
+from runtime.settings import Settings, SettingsError
 
 ROOT = Path(__file__).parent.parent
 
