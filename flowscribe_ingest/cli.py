@@ -30,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="flowscribe-ingest",
         description="Land Flowscribe callbacks in PostgreSQL. Settings come from FLOWSCRIBE_* variables (see README).",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     parser.set_defaults(needs_settings=True)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (handler, help_text) in COMMANDS.items():
@@ -51,16 +52,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def version() -> str:
+    """The installed distribution's version: pyproject.toml is its one source."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed_version
+
+    try:
+        return installed_version("flowscribe-ingest")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if not args.needs_settings:
         return int(args.run(args))
     try:
         settings = Settings.from_env()
-    except SettingsError as e:
+        return int(args.run(settings, args))
+    except SettingsError as e:  # also a combination a process cannot start with (the gateway without a token)
         print(f"flowscribe-ingest: bad setting: {e}", file=sys.stderr)
         return 2
-    return int(args.run(settings, args))
 
 
 if __name__ == "__main__":

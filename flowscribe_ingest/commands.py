@@ -11,6 +11,7 @@ import asyncio
 import base64
 import logging
 import secrets
+import sys
 from collections.abc import Callable
 
 from runtime import logs
@@ -37,9 +38,15 @@ def _process(run: Callable[[Settings], int]) -> Callable[[Settings, argparse.Nam
 @_process
 def migrate(settings: Settings) -> int:
     """Create the database if needed and apply pending migrations."""
+    from ops.connect import CANNOT_CONNECT, unreachable
     from store.migrations import migrate as apply_migrations
 
-    applied = asyncio.run(apply_migrations(settings.database_url))
+    try:
+        applied = asyncio.run(apply_migrations(settings.database_url))
+    except CANNOT_CONNECT as e:
+        # Said as the ops commands say it: one line with what to check, no traceback.
+        print(f"flowscribe-ingest: {unreachable('PostgreSQL', settings.database_url, e)}", file=sys.stderr)
+        return 1
     log.info("database up to date", extra={"applied_now": applied})
     return 0
 
