@@ -15,22 +15,19 @@ from console.previews import Previews
 from console.queues import DeadLetterGlance
 from console.sessions import SessionStore
 from runtime.amqp import BrokerSession
-from runtime.settings import Settings
+from runtime.settings import Settings, SettingsError
 
 HERE = Path(__file__).parent
 
 
-class StartupError(Exception):
-    """The console cannot start with these settings (the message says which to set)."""
-
-
 def check_startable(settings: Settings) -> None:
+    """SettingsError (exit status 2) unless people can log in: tokens, or a trusted proxy's header."""
     if settings.console_user_header:
         if not settings.trusted_proxies:
-            raise StartupError("FLOWSCRIBE_CONSOLE_USER_HEADER needs FLOWSCRIBE_TRUSTED_PROXIES: the proxies"
+            raise SettingsError("FLOWSCRIBE_CONSOLE_USER_HEADER needs FLOWSCRIBE_TRUSTED_PROXIES: the proxies"
                                " whose header is believed")
     elif not settings.console_tokens:
-        raise StartupError("set FLOWSCRIBE_CONSOLE_TOKENS (name:role:token,...) or, behind an authenticating"
+        raise SettingsError("set FLOWSCRIBE_CONSOLE_TOKENS (name:role:token,...) or, behind an authenticating"
                            " proxy, FLOWSCRIBE_CONSOLE_USER_HEADER")
 
 

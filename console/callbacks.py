@@ -12,7 +12,7 @@ from console import bodies, commands, forms, keys, ledger
 from console.audit import audit
 from console.pages import render
 from console.security import require_operator
-from ops.commands import OUTCOMES
+from store.outcomes import RECORDED as OUTCOMES
 
 routes = web.RouteTableDef()
 

@@ -10,7 +10,7 @@ import dataclasses
 import datetime
 from collections.abc import Iterable
 
-from ops.commands import OUTCOMES
+from store.outcomes import RECORDED as OUTCOMES
 
 WIDTH = 1000
 HEIGHT = 200

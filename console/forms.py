@@ -12,8 +12,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from console.ledger import Cursor, LedgerFilter
-from ops.commands import OUTCOMES
 from ops.selection import Selector, normalise_id, parse_when
+from store.outcomes import RECORDED as OUTCOMES
 
 # The fields of a dead-letter selection, as forms and links carry them.
 SELECTOR_FIELDS = ("ids", "reason", "since", "until", "limit", "all")

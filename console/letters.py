@@ -25,9 +25,11 @@ from console.callbacks import attachment
 from console.pages import render
 from console.security import require_operator
 from ops import connect
-from ops.dead_letters import DeadLetter, DeadLetterQueue, recheck
+from ops.dead_letters import DeadLetterQueue
 from ops.errors import OpsError
+from ops.letters import DeadLetter
 from ops.messages import encode_value
+from ops.redecode import recheck
 from ops.render import Console
 from ops.selection import Selector, normalise_id
 
