@@ -16,6 +16,7 @@ from console.queues import DeadLetterGlance
 from console.sessions import SessionStore
 from runtime.amqp import BrokerSession
 from runtime.settings import Settings, SettingsError
+from schemas import topology
 
 HERE = Path(__file__).parent
 
@@ -41,7 +42,7 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _broker(app: web.Application) -> AsyncIterator[None]:
-    async with BrokerSession(app[keys.SETTINGS].amqp_url, "console") as session:
+    async with BrokerSession(app[keys.SETTINGS].amqp_url, "console", declare=topology.declare) as session:
         app[keys.BROKER] = session
         yield
 

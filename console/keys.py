@@ -10,6 +10,7 @@ from aiohttp import web
 from console.sessions import Session
 from runtime.amqp import BrokerSession
 from runtime.settings import Settings
+from schemas.topology import Topology
 
 if TYPE_CHECKING:
     from console.jobs import Jobs
@@ -19,7 +20,7 @@ if TYPE_CHECKING:
 
 SETTINGS = web.AppKey("settings", Settings)
 POOL = web.AppKey("pool", asyncpg.Pool)
-BROKER = web.AppKey("broker", BrokerSession)
+BROKER: web.AppKey[BrokerSession[Topology]] = web.AppKey("broker")
 SESSIONS: web.AppKey[SessionStore] = web.AppKey("sessions")
 JOBS: web.AppKey[Jobs] = web.AppKey("jobs")
 PREVIEWS: web.AppKey[Previews] = web.AppKey("previews")

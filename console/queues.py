@@ -24,6 +24,7 @@ from ops.selection import Selector
 from runtime.amqp import BrokerSession, BrokerUnavailable
 from runtime.settings import Settings
 from schemas import topology
+from schemas.topology import Topology
 
 NEWEST = 5
 MIN_INTERVAL = 30.0
@@ -45,7 +46,7 @@ def watched() -> list[tuple[str, str]]:
     ]
 
 
-async def depths(broker: BrokerSession) -> list[QueueState]:
+async def depths(broker: BrokerSession[Topology]) -> list[QueueState]:
     """Ready messages and consumers of every queue of ours; BrokerUnavailable if not connected."""
     channel, _ = broker.usable()
     states = []
