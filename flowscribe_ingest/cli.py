@@ -7,10 +7,10 @@ import asyncio
 import logging
 import sys
 
-from runtime import logs
-from ops import register
-from runtime.settings import Settings, SettingsError
 from ops import commands as ops_commands
+from ops import register
+from runtime import logs
+from runtime.settings import Settings, SettingsError
 
 log = logging.getLogger("flowscribe_ingest")
 
@@ -35,8 +35,8 @@ def _gateway(settings: Settings) -> int:
         from gateway.processes import serve_in_processes
 
         return serve_in_processes(settings)
-    from runtime.serving import listening_socket
     from gateway.server import check_startable, serve
+    from runtime.serving import listening_socket
 
     check_startable(settings)
     asyncio.run(serve(settings, listening_socket(settings.gateway_host, settings.gateway_port)))

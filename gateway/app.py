@@ -15,14 +15,12 @@ import hmac
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
-from runtime.amqp import BrokerSession
-from runtime.metrics import GatewayMetrics, metrics_handler
-from runtime.settings import Settings
 from gateway.body import BodyIncomplete, BodyTimeout, BodyTooLarge, read_body
 from gateway.limits import InflightBudget, OverBudget, RateLimiter, retry_after
 from gateway.publisher import PublishFailed, publish_callback
@@ -30,6 +28,9 @@ from gateway.redaction import redact_path
 from gateway.routes import CALLBACK_PATH, HEALTH_PATH, METRICS_PATH, OPENAPI_PATH, READY_PATH
 from gateway.signatures import SignatureError, SignatureVerifier
 from gateway.sources import SourcePolicy, rate_key
+from runtime.amqp import BrokerSession
+from runtime.metrics import GatewayMetrics, metrics_handler
+from runtime.settings import Settings
 
 log = logging.getLogger("gateway")
 
@@ -53,7 +54,6 @@ _CHARSET = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:+-]{0,39}")
 
 OPENAPI_FILE = Path(__file__).with_name("openapi.yaml")
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def create_app(settings: Settings) -> web.Application:

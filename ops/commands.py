@@ -19,10 +19,10 @@ import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from runtime import logs
-from runtime.settings import Settings
 from ops.errors import OpsError, UsageError
 from ops.selection import Selector, normalise_id, parse_when
+from runtime import logs
+from runtime.settings import Settings
 
 if TYPE_CHECKING:
     from ops.render import Console
@@ -71,7 +71,7 @@ def _command(parser: argparse.ArgumentParser, module: str, function: str, *, cha
     parser.set_defaults(ops=(module, function), changes_queue=changes)
 
 
-def add_parsers(sub: argparse._SubParsersAction) -> None:
+def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``dlq`` and ``reprocess`` to the subcommands of ``flowscribe-ingest``."""
     dlq = sub.add_parser(
         "dlq", help="inspect, replay, purge, export and import dead letters",
@@ -160,7 +160,8 @@ async def execute(settings: Settings, args: argparse.Namespace, console: Console
         _prepare(args)
         module, function = args.ops
         command = getattr(importlib.import_module(module), function)
-        return await command(settings, args, console)
+        status: int = await command(settings, args, console)
+        return status
     except OpsError as e:
         console.note(f"flowscribe-ingest: {e}")
         return e.exit_code

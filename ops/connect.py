@@ -15,9 +15,9 @@ import aio_pika
 import asyncpg
 from aio_pika.abc import AbstractChannel, AbstractConnection
 
+from ops.errors import OpsError
 from runtime.amqp import connection_url
 from runtime.settings import Settings, redact_url
-from ops.errors import OpsError
 from schemas.topology import Topology, declare
 from worker.failures import describe
 

@@ -14,8 +14,8 @@ import uuid
 
 import asyncpg
 
-from store.rows import Callback
 from store.batch import Outcome, decide, read_stored
+from store.rows import Callback
 
 # What each outcome means for the tables, as the operator reads it.
 NEW_ANALYSIS = "new analysis"

@@ -235,7 +235,7 @@ async def register(
     return 0
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     description = (
         "Register the callback URL with Flowscribe (POST api/ConversationAnalysis/InitializeWebHook)."
         " The API key comes from FLOWSCRIBE_API_KEY. Exit status: 0 registered, 1 failed, 2 usage."

@@ -15,16 +15,17 @@ import contextlib
 import datetime
 import os
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Protocol
 
 import prometheus_client
 from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
 
 # Prometheus ignores the `_created` series by default; they would only double
 # what every scrape carries.
-prometheus_client.disable_created_metrics()
+prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped upstream
 
 PREFIX = "flowscribe_"
 
@@ -44,8 +45,6 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 LAG_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 4 * 3600)
 BATCH_SIZE_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-Middleware = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
 
 
 def new_registry() -> CollectorRegistry:
@@ -70,7 +69,7 @@ def shared_across_processes() -> bool:
 
 def _all_processes() -> CollectorRegistry:
     registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry)
+    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]  # untyped upstream
     return registry
 
 
@@ -147,8 +146,10 @@ class _Landed(Protocol):
 class _Result(Protocol):
     """What WorkerMetrics reads of a committed batch (store.batch.BatchResult)."""
 
-    outcomes: Mapping[Any, Any]
-    rows: Mapping[str, int]
+    @property
+    def outcomes(self) -> Mapping[Any, Any]: ...
+    @property
+    def rows(self) -> Mapping[str, int]: ...
 
 
 class WorkerMetrics:

@@ -37,8 +37,10 @@ import dataclasses
 import enum
 import hashlib
 import uuid
+from typing import Any, TypeAlias
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 from store.rows import (
     ANALYSIS_COLUMNS,
@@ -50,6 +52,9 @@ from store.rows import (
 )
 
 SCHEMA = "flowscribe"
+
+# A connection of its own (ops, tests) or one lent by the worker's pool: the same statements run on both.
+Connection: TypeAlias = asyncpg.Connection | PoolConnectionProxy
 
 
 class Outcome(enum.StrEnum):
@@ -83,7 +88,7 @@ def lock_keys(callbacks: list[Callback]) -> list[int]:
     return sorted(keys)
 
 
-async def write_batch(conn: asyncpg.Connection, callbacks: list[Callback]) -> BatchResult:
+async def write_batch(conn: Connection, callbacks: list[Callback]) -> BatchResult:
     """Decide and write ``callbacks`` in one transaction; nothing is written if it raises."""
     async with conn.transaction():
         await conn.execute(
@@ -106,7 +111,7 @@ class Stored:
     versions: dict[uuid.UUID, tuple[object, uuid.UUID]]  # (received_at, callback_id) by analysis id
 
 
-async def read_stored(conn: asyncpg.Connection, callbacks: list[Callback]) -> Stored:
+async def read_stored(conn: Connection, callbacks: list[Callback]) -> Stored:
     outcomes = {
         r[0]: r[1]
         for r in await conn.fetch(
@@ -179,7 +184,7 @@ def decide(callbacks: list[Callback], stored: Stored) -> Plan:
     return plan
 
 
-async def _copy(conn: asyncpg.Connection, table: str, columns: list[str], records: list) -> int:
+async def _copy(conn: Connection, table: str, columns: list[str], records: list[tuple[Any, ...]]) -> int:
     if records:
         await conn.copy_records_to_table(
             table, schema_name=SCHEMA, columns=columns, records=records
@@ -187,7 +192,7 @@ async def _copy(conn: asyncpg.Connection, table: str, columns: list[str], record
     return len(records)
 
 
-async def _write(conn: asyncpg.Connection, plan: Plan, stored: set[uuid.UUID]) -> dict[str, int]:
+async def _write(conn: Connection, plan: Plan, stored: set[uuid.UUID]) -> dict[str, int]:
     rows: dict[str, int] = {}
     replaced = [analysis_id for analysis_id in plan.winners if analysis_id in stored]
     if replaced:

@@ -38,14 +38,14 @@ from runtime.amqp import BrokerSession, BrokerUnavailable
 from runtime.metrics import WorkerMetrics
 from runtime.settings import Settings
 from schemas import topology
+from schemas.decoding import PayloadDecodeError, decode_payload
 from schemas.topology import Topology
+from store.batch import Outcome, write_batch
+from store.rows import Callback
 from worker.acks import AckWindow
 from worker.dead_letter import attempts_so_far, dead_letter, retry_later
-from schemas.decoding import PayloadDecodeError, decode_payload
 from worker.failures import Fault, classify, describe
 from worker.http import Readiness, serving
-from store.rows import Callback
-from store.batch import Outcome, write_batch
 
 log = logging.getLogger("worker")
 
@@ -222,7 +222,7 @@ class Worker:
         """Run a step on a batch; a bug in it returns the batch to the queue instead of killing the worker."""
         try:
             return await step
-        except Exception:  # noqa: BLE001 - the worker outlives any one batch
+        except Exception:
             log.exception("batch failed unexpectedly; its messages go back to the queue",
                           extra={"messages": len(batch)})
             for message in batch:
