@@ -8,9 +8,11 @@ import json
 from typing import Any
 
 from ops import connect
-from ops.dead_letters import DeadLetter, DeadLetterQueue, recheck
+from ops.dead_letters import DeadLetterQueue
 from ops.errors import OpsError
+from ops.letters import DeadLetter
 from ops.messages import encode_value, to_record
+from ops.redecode import recheck
 from ops.render import Console, json_line, pretty_body, shorten, size, table, when
 from runtime.settings import Settings
 from schemas.topology import DEAD_LETTER_QUEUE

@@ -9,9 +9,10 @@ from __future__ import annotations
 import argparse
 
 from ops import connect
-from ops.dead_letters import DeadLetter, DeadLetterQueue
+from ops.dead_letters import DeadLetterQueue
 from ops.errors import OpsError
 from ops.inspection import LIST_COLUMNS, table_row
+from ops.letters import DeadLetter
 from ops.render import Console, confirm, table
 from runtime.settings import Settings
 

@@ -24,16 +24,19 @@ from collections.abc import Iterator
 from typing import Any
 
 from ops import connect, predict
-from ops.dead_letters import DeadLetter, DeadLetterQueue, recheck
+from ops.dead_letters import DeadLetterQueue
+from ops.letters import DeadLetter
 from ops.messages import replay_copy
-from ops.publish import Pacer, confirmed
+from ops.publish import Pacer
+from ops.redecode import recheck
 from ops.render import Console, Progress, shorten, table
 from ops.selection import Selector
+from runtime.errors import describe
+from runtime.messages import publish_confirmed
 from runtime.settings import Settings
 from schemas import topology
+from schemas.message import Callback
 from schemas.topology import Topology
-from store.rows import Callback
-from worker.failures import describe
 
 
 async def replay_command(settings: Settings, args: argparse.Namespace, console: Console) -> int:
@@ -78,7 +81,7 @@ async def _replay_one(
         return "skipped"
     await pacer.wait()
     try:
-        await confirmed(declared.callback_exchange, replay_copy(letter.message),
+        await publish_confirmed(declared.callback_exchange, replay_copy(letter.message),
                         topology.CALLBACK_ROUTING_KEY, settings.publish_timeout)
     except Exception as e:  # noqa: BLE001 - reported; the dead letter stays
         console.note(f"failed {letter.message_id}: the broker did not confirm the copy ({describe(e)});"

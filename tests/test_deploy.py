@@ -19,13 +19,13 @@ import yaml
 
 from flowscribe_ingest.cli import COMMANDS, build_parser
 from gateway.app import create_app as create_gateway_app
-from runtime.metrics import WorkerMetrics
 from runtime.settings import Settings
 from schemas import topology
 from tests.support import JSON_SAMPLE, eventually
 from tests.test_observability import POISON, scrape, value, worker_http_port
 from tests.test_pipeline import post
 from worker import http as worker_http
+from worker.metrics import WorkerMetrics
 
 ROOT = Path(__file__).parent.parent
 DEPLOY = ROOT / "deploy"

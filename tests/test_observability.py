@@ -18,13 +18,14 @@ from aiohttp.test_utils import TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.app import create_app
+from gateway.metrics import GatewayMetrics
 from gateway.publisher import PublishFailed
 from runtime import logs
-from runtime.metrics import OUTCOMES, GatewayMetrics, WorkerMetrics
 from tests.conftest import TABLES
 from tests.support import JSON_SAMPLE, TOKEN, TcpProxy, eventually
 from tests.test_pipeline import callback_url, post
 from worker import http as worker_http
+from worker.metrics import OUTCOMES, WorkerMetrics
 
 POISON = b'{"Success": tru'  # accepted by the gateway (it never parses), dead-lettered by the worker
 

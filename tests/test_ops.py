@@ -26,8 +26,10 @@ from ops.commands import execute
 from ops.render import Console
 from schemas import topology
 from schemas.decoding import decode_payload
-from store.batch import Outcome, Stored, decide, write_batch
-from store.rows import Callback
+from schemas.message import Callback
+from store.batch import write_batch
+from store.decision import Stored, decide
+from store.outcomes import Outcome
 from tests.support import XML_SAMPLE, eventually
 from tests.test_pipeline import T0, publish_as_gateway, versioned
 
@@ -60,7 +62,7 @@ def letter(
     stage: str = "decode", received_at: datetime.datetime = T0, at: datetime.datetime | None = None,
     content_type: str = "application/json", headers: dict | None = None,
 ) -> aio_pika.Message:
-    """A message as the worker dead-letters it (the headers of worker.dead_letter.dead_letter_copy)."""
+    """A message as the worker dead-letters it (the headers of worker.moving.dead_letter_copy)."""
     return aio_pika.Message(
         body, message_id=message_id or str(uuid.uuid4()), content_type=content_type,
         delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
