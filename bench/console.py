@@ -36,9 +36,9 @@ from bench import payloads
 from console.app import create_app
 from runtime.settings import ConsoleCredential, Secrets, Settings
 from schemas.decoding import decode_payload
+from schemas.message import Callback
 from store.batch import write_batch
 from store.migrations import migrate, migration_files
-from store.rows import Callback
 
 BASE_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 REPEAT = 30

@@ -24,9 +24,6 @@ class ShownBody:
 
 def shown(head: bytes, size: int, content_type: str | None, limit: int = SHOWN_CHARS) -> ShownBody:
     """``head`` is the whole body when ``len(head) == size``; otherwise only its start (shown raw)."""
-    if len(head) == size:
-        text = pretty_body(head, content_type)
-    else:
-        text = head.decode("utf-8", errors="replace")
+    text = pretty_body(head, content_type) if len(head) == size else head.decode("utf-8", errors="replace")
     cut = len(head) < size or len(text) > limit
     return ShownBody(text[:limit], size, cut)

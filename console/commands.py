@@ -15,13 +15,12 @@ import uuid
 from collections.abc import Iterable
 from pathlib import Path
 
-import asyncpg
-
 from console.jobs import Command
 from ops import purge, replay, reprocess, transfer
 from ops.render import Console
 from ops.selection import Selector
 from runtime.settings import Settings
+from store.connection import Connection
 
 
 def replay_command(settings: Settings, selector: Selector, *, force: bool) -> Command:
@@ -57,7 +56,7 @@ def reprocess_command(settings: Settings, ids: Iterable[str]) -> Command:
     return run
 
 
-async def reprocess_preview(conn: asyncpg.Connection, ids: Iterable[str]) -> list[dict[str, object]]:
+async def reprocess_preview(conn: Connection, ids: Iterable[str]) -> list[dict[str, object]]:
     return await reprocess.preview(conn, _reprocess_args(ids))
 
 

@@ -17,6 +17,7 @@ from typing import Any
 import asyncpg
 
 from schemas.payload import CHILD_TABLES
+from store.connection import Connection
 
 PAGE_SIZE = 50
 # Bodies up to this size are read whole (and pretty-printed); larger ones only their head.
@@ -92,7 +93,7 @@ def _where(f: LedgerFilter, after: Cursor | None) -> tuple[str, list[Any]]:
     return (" WHERE " + " AND ".join(conditions)) if conditions else "", params
 
 
-async def search(conn: asyncpg.Connection, f: LedgerFilter, after: Cursor | None = None,
+async def search(conn: Connection, f: LedgerFilter, after: Cursor | None = None,
                  limit: int = PAGE_SIZE) -> tuple[list[asyncpg.Record], Cursor | None]:
     """One page of matching callbacks, newest first, and the cursor of the next page (None: last page)."""
     where, params = _where(f, after)
@@ -107,7 +108,7 @@ async def search(conn: asyncpg.Connection, f: LedgerFilter, after: Cursor | None
     return rows, None
 
 
-async def callback(conn: asyncpg.Connection, message_id: uuid.UUID) -> asyncpg.Record | None:
+async def callback(conn: Connection, message_id: uuid.UUID) -> asyncpg.Record | None:
     """One ledger row with its body (whole if small, else its first BODY_HEAD bytes)."""
     return await conn.fetchrow(
         f"SELECT {_COLUMNS}, body_sha256,"
@@ -117,13 +118,13 @@ async def callback(conn: asyncpg.Connection, message_id: uuid.UUID) -> asyncpg.R
     )
 
 
-async def body(conn: asyncpg.Connection, message_id: uuid.UUID) -> bytes | None:
+async def body(conn: Connection, message_id: uuid.UUID) -> bytes | None:
     """The exact bytes received."""
     value = await conn.fetchval("SELECT body FROM flowscribe.callbacks WHERE id = $1", message_id)
     return bytes(value) if value is not None else None
 
 
-async def versions(conn: asyncpg.Connection, analysis_id: uuid.UUID) -> list[asyncpg.Record]:
+async def versions(conn: Connection, analysis_id: uuid.UUID) -> list[asyncpg.Record]:
     """Every callback of an analysis in the order the gateway received them (the version history)."""
     rows: list[asyncpg.Record] = await conn.fetch(
         f"SELECT {_COLUMNS} FROM flowscribe.callbacks WHERE analysis_id = $1"
@@ -150,7 +151,7 @@ class Stored:
     tables: list[StoredTable]
 
 
-async def stored(conn: asyncpg.Connection, analysis_id: uuid.UUID | None, job_id: uuid.UUID | None) -> Stored:
+async def stored(conn: Connection, analysis_id: uuid.UUID | None, job_id: uuid.UUID | None) -> Stored:
     analysis = None
     tables: list[StoredTable] = []
     if analysis_id is not None:
@@ -183,7 +184,7 @@ async def stored(conn: asyncpg.Connection, analysis_id: uuid.UUID | None, job_id
 # --- overview ------------------------------------------------------------------
 
 
-async def per_bucket(conn: asyncpg.Connection, since: datetime.datetime,
+async def per_bucket(conn: Connection, since: datetime.datetime,
                      bucket_seconds: int) -> list[asyncpg.Record]:
     """Callbacks received since ``since``, counted per time bucket and outcome."""
     rows: list[asyncpg.Record] = await conn.fetch(
@@ -194,13 +195,13 @@ async def per_bucket(conn: asyncpg.Connection, since: datetime.datetime,
     return rows
 
 
-async def lag(conn: asyncpg.Connection, since: datetime.datetime) -> asyncpg.Record:
+async def lag(conn: Connection, since: datetime.datetime) -> asyncpg.Record:
     """End-to-end lag (gateway receipt to commit) percentiles of the callbacks received since ``since``.
 
     A reprocessed callback's processed_at is its reprocessing: such rows would
     look late, so callbacks processed more than an hour after receipt are left out.
     """
-    return await conn.fetchrow(
+    row = await conn.fetchrow(
         "SELECT count(*) AS n,"
         " percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP"
         "  (ORDER BY extract(epoch FROM processed_at - received_at)) AS p"
@@ -208,3 +209,5 @@ async def lag(conn: asyncpg.Connection, since: datetime.datetime) -> asyncpg.Rec
         " WHERE received_at >= $1 AND processed_at < received_at + interval '1 hour'",
         since,
     )
+    assert row is not None  # an aggregate: always one row
+    return row

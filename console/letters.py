@@ -129,7 +129,7 @@ async def one(request: web.Request) -> web.StreamResponse:
     views = []
     for letter in copies:
         message = letter.message
-        callback, error = recheck(message)
+        _, error = recheck(message)
         views.append({
             **_view(letter, bodies.SHOWN_CHARS),
             "decodes": error is None, "decode_error": error,

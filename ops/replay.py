@@ -21,21 +21,22 @@ from __future__ import annotations
 import argparse
 import collections
 import dataclasses
+from collections.abc import Iterator
 
-from runtime.settings import Settings
 from ops import connect, predict
 from ops.dead_letters import DeadLetterQueue
 from ops.letters import DeadLetter
-from ops.redecode import recheck
-from ops.selection import Selector
 from ops.messages import replay_copy
 from ops.publish import Pacer
-from runtime.messages import publish_confirmed
+from ops.redecode import recheck
 from ops.render import Console, Progress, shorten, table
-from schemas import topology
-from schemas.topology import Topology
+from ops.selection import Selector
 from runtime.errors import describe
+from runtime.messages import publish_confirmed
+from runtime.settings import Settings
+from schemas import topology
 from schemas.message import Callback
+from schemas.topology import Topology
 
 
 async def replay_command(settings: Settings, args: argparse.Namespace, console: Console) -> int:
@@ -121,7 +122,7 @@ async def preview(settings: Settings, selector: Selector) -> list[Prediction]:
                 callback, error = recheck(letter.message)
                 chosen.append((letter, callback, error))
     decodable = [callback for _, callback, _ in chosen if callback is not None]
-    effects = iter([])
+    effects: Iterator[str] = iter([])
     if decodable:
         async with connect.database(settings) as conn:
             effects = iter(await predict.predict(conn, decodable))

@@ -7,8 +7,8 @@ message id, receive time, content type and body, plus ``x-flowscribe-reprocess:
 differences (see ``store.batch``): its ledger row is updated, never doubled,
 and it rewrites its analysis when it *is* the stored version. An older
 version is ``superseded`` (also one that was ``ingested`` before a newer one
-came), a ``duplicate`` stays one, a ``job_failed`` re-evaluates its job. Callbacks that never landed are not in the archive:
-they are in the dead-letter queue (``dlq replay``).
+came), a ``duplicate`` stays one, a ``job_failed`` re-evaluates its job. Callbacks
+that never landed are not in the archive: they are in the dead-letter queue (``dlq replay``).
 
 A body that no longer decodes with this version's decoder is not published
 (the worker would only dead-letter it) and is reported as failed.
@@ -27,16 +27,17 @@ from typing import Any
 import aio_pika
 import asyncpg
 
-from runtime.settings import Settings
 from ops import connect, predict
 from ops.errors import OpsError
 from ops.publish import Pacer
-from runtime.messages import publish_confirmed
 from ops.render import Console, Progress, shorten, table, when
+from runtime.errors import describe
+from runtime.messages import publish_confirmed
+from runtime.settings import Settings
 from schemas import topology
 from schemas.decoding import PayloadDecodeError, decode_payload
 from schemas.message import Callback, callback_message
-from runtime.errors import describe
+from store.connection import Connection
 
 PAGE = 200
 
@@ -66,7 +67,7 @@ def _filters(args: argparse.Namespace) -> tuple[object, ...]:
     return (args.since, args.until, args.analysis_id or None, args.outcome or None, getattr(args, "id", None) or None)
 
 
-async def _archived(conn: asyncpg.Connection, args: argparse.Namespace) -> AsyncIterator[asyncpg.Record]:
+async def _archived(conn: Connection, args: argparse.Namespace) -> AsyncIterator[asyncpg.Record]:
     """Chosen ledger rows in receive order, a page at a time (bodies can be large)."""
     after: tuple[datetime.datetime, uuid.UUID] = (datetime.datetime.min.replace(tzinfo=datetime.UTC), uuid.UUID(int=0))
     left = args.limit
@@ -132,7 +133,7 @@ async def reprocess_command(settings: Settings, args: argparse.Namespace, consol
     return 1 if counts["failed"] else 0
 
 
-async def preview(conn: asyncpg.Connection, args: argparse.Namespace) -> list[dict[str, Any]]:
+async def preview(conn: Connection, args: argparse.Namespace) -> list[dict[str, Any]]:
     """For each chosen callback (receive order): its id, receive time, analysis, outcome now, and
     ``effect``, the predicted outcome of reprocessing it (``--dry-run``; the console shows the same)."""
     chosen: list[tuple[dict[str, Any], Callback | None]] = []

@@ -6,6 +6,7 @@ import dataclasses
 import re
 import secrets
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 import pytest
@@ -21,7 +22,7 @@ CREDENTIALS = Secrets([ConsoleCredential("olga", "operate", OPERATOR_TOKEN),
 _CSRF = re.compile(r'name="csrf" value="([^"]+)"')
 
 
-def console_settings(settings: Settings, **overrides: object) -> Settings:
+def console_settings(settings: Settings, **overrides: Any) -> Settings:
     return dataclasses.replace(settings, console_tokens=CREDENTIALS, **overrides)
 
 

@@ -53,7 +53,7 @@ class TestLogin:
 
     async def test_pages_need_a_login(self, client):
         for path in ("/", "/callbacks", "/dead-letters", "/jobs"):
-            response, text = await client.get(path, allow_redirects=False)
+            response, _ = await client.get(path, allow_redirects=False)
             assert response.status == 303 and response.headers["Location"].startswith("/login"), path
         response, _ = await client.post("/dead-letters/replay", {"all": "1"})
         assert response.status == 403
@@ -140,7 +140,7 @@ class TestHeaders:
             csp = response.headers["Content-Security-Policy"]
             assert "script-src 'self'" in csp and "unsafe-inline" not in csp and "frame-ancestors 'none'" in csp
             assert response.headers["X-Content-Type-Options"] == "nosniff", path
-        response, body = await client.get(f"/callbacks/{stored}/body")
+        response, _ = await client.get(f"/callbacks/{stored}/body")
         assert response.headers["Content-Disposition"].startswith("attachment")
         assert response.content_type == "application/octet-stream" and "sandbox" in response.headers[
             "Content-Security-Policy"]
@@ -231,8 +231,8 @@ class TestLedgerPages:
 
         assert await everything("") == expected(lambda r: True)
         assert await everything("outcome=job_failed") == expected(lambda r: r[3] == "job_failed")
-        assert await everything("content_type=application/xml&since=" + (base + datetime.timedelta(seconds=10)).isoformat()
-                                .replace("+", "%2B")) == expected(
+        since = (base + datetime.timedelta(seconds=10)).isoformat().replace("+", "%2B")
+        assert await everything("content_type=application/xml&since=" + since) == expected(
             lambda r: r[2] == "application/xml" and r[1] >= base + datetime.timedelta(seconds=10))
         assert await everything(f"job_id={job}") == expected(lambda r: r[4] == job)
         response, page = await client.get("/callbacks?analysis_id=nope")
@@ -322,7 +322,8 @@ class TestCommand:
     async def test_serves_and_stops(self, settings, http):
         from tests.support import CliProcess
 
-        env = service_env(settings, FLOWSCRIBE_CONSOLE_PORT="0", FLOWSCRIBE_CONSOLE_TOKENS="o:operate:" + OPERATOR_TOKEN)
+        env = service_env(settings, FLOWSCRIBE_CONSOLE_PORT="0",
+                          FLOWSCRIBE_CONSOLE_TOKENS="o:operate:" + OPERATOR_TOKEN)
         process = await CliProcess.start("console", env)
         listening = await process.event("console listening")
         async with http.get(f"http://127.0.0.1:{listening['port']}/login") as response:
@@ -359,7 +360,6 @@ class TestBodiesExportAndReprocess:
         await client.login(VIEWER_TOKEN)
         _, page = await client.get(f"/callbacks/{stored}")
         assert "cut, download for all of it" in page and len(page) < len(body)
-        response, _ = await client.get(f"/callbacks/{stored}/body")
         async with client.http.get(client.url(f"/callbacks/{stored}/body")) as response:
             assert await response.read() == body
 

@@ -7,6 +7,7 @@ Screenshots of every page go to build/console-screenshots/ (not committed) for p
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import uuid
@@ -53,7 +54,11 @@ class Operator:
         self.page = page
         self.base = base
         self.csp_violations: list[str] = []
-        page.on("console", lambda m: self.csp_violations.append(m.text) if "Content Security Policy" in m.text else None)
+        page.on("console", self._on_console)
+
+    def _on_console(self, message: Any) -> None:
+        if "Content Security Policy" in message.text:
+            self.csp_violations.append(message.text)
 
     async def open(self, path: str) -> Any:
         return await self.page.goto(self.base + path)
@@ -99,7 +104,7 @@ class TestInTheBrowser:
                                  + [versioned(1, analysis_id=str(uuid.uuid4()))], 1):
             # One at a time: each version is the newest when it lands, so each is ingested in its turn.
             ids.append(await post(http, gateway, body))
-            await eventually(lambda n=n: rows_in(db, "SELECT count(*) = $1 FROM flowscribe.callbacks", n),
+            await eventually(functools.partial(rows_in, db, "SELECT count(*) = $1 FROM flowscribe.callbacks", n),
                              what=f"{n} callbacks stored")
 
         async with person(browser, console, OPERATOR_TOKEN, shot="01-login") as olga:
