@@ -7,6 +7,13 @@ an exception raised in a handler may carry the URL in its message, and so on.
 Rather than chase each of those, the gateway wraps the formatter of every root
 handler: whatever a record turns into (message, extras, traceback), the text
 written passes through ``redact`` last.
+
+Text quoted from a request is not always the path as we would spell it: every
+character may be percent-encoded (once, or twice: ``%2566``), and aiohttp cuts
+what it quotes at 100 bytes, so a token can end a line half-written. Hence the
+prefix is matched in any of those spellings, and a configured token is found by
+any 8 consecutive characters of it, in any spelling, and redacted from there to
+the end of the token-like run.
 """
 
 from __future__ import annotations
@@ -14,38 +21,73 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+import urllib.parse
 from collections.abc import Iterable, Iterator
 
 from gateway.routes import CALLBACK_PATH
 
 REDACTED = "<redacted>"
+# Fewest characters of a token that are redacted wherever they appear.
+FRAGMENT = 8
+# Any FRAGMENT consecutive characters of a token hold one of its 4-character
+# pieces that start at a multiple of 4: finding none of those (one search of
+# literals) clears a line without running the token pattern, which is slow.
+_PROBE = FRAGMENT // 2
+
+
+def _spelled_any_way(text: str) -> str:
+    """A pattern for ``text`` with each character as itself or percent-encoded, even repeatedly."""
+    return "".join(
+        f"(?:{re.escape(c)}|%(?:25)*(?i:{ord(c):02x}))" if ord(c) < 128 else re.escape(c) for c in text
+    )
+
 
 # Whatever follows the callback prefix, up to a character that ends a path in
 # the places it gets written: whitespace, quotes (reprs, JSON), query, fragment.
 # Escapes (JSON's \u00e9, a bytes repr's \xff) are swallowed with it.
-_TOKEN_IN_PATH = re.compile(
-    re.escape(CALLBACK_PATH) + r"/(?:[^\s\"'<>?#\\]|\\u[0-9a-fA-F]{4}|\\x[0-9a-fA-F]{2})+"
-)
+_SEGMENT = r"(?:[^\s\"'<>?#\\]|\\u[0-9a-fA-F]{4}|\\x[0-9a-fA-F]{2})+"
+_TOKEN_IN_PATH = re.compile(re.escape(CALLBACK_PATH + "/") + _SEGMENT)
+_TOKEN_IN_ENCODED_PATH = re.compile(_spelled_any_way(CALLBACK_PATH + "/") + _SEGMENT)
+# What may follow a token's fragment and still be the token (its alphabet, or an escape).
+_TOKEN_RUN = r"(?:[A-Za-z0-9._~-]|%(?:25)*[0-9A-Fa-f]{2})*"
 
 
 def redact_path(path: str) -> str:
-    """``/flowscribe/callback/<anything>`` -> ``/flowscribe/callback/<redacted>``."""
-    return _TOKEN_IN_PATH.sub(f"{CALLBACK_PATH}/{REDACTED}", path)
+    """``/flowscribe/callback/<anything>`` -> ``/flowscribe/callback/<redacted>``, the prefix in any spelling."""
+    path = _TOKEN_IN_PATH.sub(f"{CALLBACK_PATH}/{REDACTED}", path)
+    if "%" in path:
+        path = _TOKEN_IN_ENCODED_PATH.sub(f"{CALLBACK_PATH}/{REDACTED}", path)
+    return path
+
+
+def _decoded(text: str) -> str:
+    """``text`` percent-decoded until it no longer changes (a few rounds at most)."""
+    for _ in range(4):
+        if "%" not in text:
+            break
+        plain = urllib.parse.unquote(text)
+        if plain == text:
+            break
+        text = plain
+    return text
 
 
 class Redactor:
-    """Removes the callback path's last segment and every configured token from text."""
+    """Removes the callback path's last segment and every configured token, or any 8
+    characters of one, from text, however percent-encoded."""
 
     def __init__(self, tokens: Iterable[str]) -> None:
-        # Longest first, so a token that contains another is replaced whole.
-        literal = sorted({t for t in tokens if t}, key=len, reverse=True)
-        self._tokens = re.compile("|".join(map(re.escape, literal))) if literal else None
+        tokens = {t for t in tokens if t}
+        fragments = sorted({t[i:i + FRAGMENT] for t in tokens for i in range(max(1, len(t) - FRAGMENT + 1))})
+        probes = sorted({t[i:i + _PROBE] for t in tokens for i in range(0, max(1, len(t) - _PROBE + 1), _PROBE)})
+        self._probe = re.compile("|".join(map(re.escape, probes))) if probes else None
+        self._tokens = re.compile("(?:" + "|".join(map(_spelled_any_way, fragments)) + ")" + _TOKEN_RUN)
 
     def __call__(self, text: str) -> str:
         text = redact_path(text)
-        if self._tokens is not None:
-            # Configured tokens wherever they appear: a URL whose prefix was
-            # percent-encoded, an exception that quotes match_info, ...
+        # Configured tokens wherever they appear: a URL whose prefix was encoded,
+        # a line cut short, an exception that quotes match_info, ...
+        if self._probe is not None and self._probe.search(_decoded(text)):
             text = self._tokens.sub(REDACTED, text)
         return text
 
