@@ -21,35 +21,19 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
-import urllib.parse
 from collections.abc import Iterable, Iterator
 
 from gateway.routes import CALLBACK_PATH
+from runtime.redaction import REDACTED, TokensRedactor, any_spelling
 
-REDACTED = "<redacted>"
-# Fewest characters of a token that are redacted wherever they appear.
-FRAGMENT = 8
-# Any FRAGMENT consecutive characters of a token hold one of its 4-character
-# pieces that start at a multiple of 4: finding none of those (one search of
-# literals) clears a line without running the token pattern, which is slow.
-_PROBE = FRAGMENT // 2
-
-
-def _spelled_any_way(text: str) -> str:
-    """A pattern for ``text`` with each character as itself or percent-encoded, even repeatedly."""
-    return "".join(
-        f"(?:{re.escape(c)}|%(?:25)*(?i:{ord(c):02x}))" if ord(c) < 128 else re.escape(c) for c in text
-    )
-
+__all__ = ["REDACTED", "RedactingFormatter", "Redactor", "redact_path", "redacted_logs"]
 
 # Whatever follows the callback prefix, up to a character that ends a path in
 # the places it gets written: whitespace, quotes (reprs, JSON), query, fragment.
 # Escapes (JSON's \u00e9, a bytes repr's \xff) are swallowed with it.
 _SEGMENT = r"(?:[^\s\"'<>?#\\]|\\u[0-9a-fA-F]{4}|\\x[0-9a-fA-F]{2})+"
 _TOKEN_IN_PATH = re.compile(re.escape(CALLBACK_PATH + "/") + _SEGMENT)
-_TOKEN_IN_ENCODED_PATH = re.compile(_spelled_any_way(CALLBACK_PATH + "/") + _SEGMENT)
-# What may follow a token's fragment and still be the token (its alphabet, or an escape).
-_TOKEN_RUN = r"(?:[A-Za-z0-9._~-]|%(?:25)*[0-9A-Fa-f]{2})*"
+_TOKEN_IN_ENCODED_PATH = re.compile(any_spelling(CALLBACK_PATH + "/") + _SEGMENT)
 
 
 def redact_path(path: str) -> str:
@@ -60,36 +44,17 @@ def redact_path(path: str) -> str:
     return path
 
 
-def _decoded(text: str) -> str:
-    """``text`` percent-decoded until it no longer changes (a few rounds at most)."""
-    for _ in range(4):
-        if "%" not in text:
-            break
-        plain = urllib.parse.unquote(text)
-        if plain == text:
-            break
-        text = plain
-    return text
-
-
 class Redactor:
     """Removes the callback path's last segment and every configured token, or any 8
     characters of one, from text, however percent-encoded."""
 
     def __init__(self, tokens: Iterable[str]) -> None:
-        tokens = {t for t in tokens if t}
-        fragments = sorted({t[i:i + FRAGMENT] for t in tokens for i in range(max(1, len(t) - FRAGMENT + 1))})
-        probes = sorted({t[i:i + _PROBE] for t in tokens for i in range(0, max(1, len(t) - _PROBE + 1), _PROBE)})
-        self._probe = re.compile("|".join(map(re.escape, probes))) if probes else None
-        self._tokens = re.compile("(?:" + "|".join(map(_spelled_any_way, fragments)) + ")" + _TOKEN_RUN)
-
-    def __call__(self, text: str) -> str:
-        text = redact_path(text)
         # Configured tokens wherever they appear: a URL whose prefix was encoded,
         # a line cut short, an exception that quotes match_info, ...
-        if self._probe is not None and self._probe.search(_decoded(text)):
-            text = self._tokens.sub(REDACTED, text)
-        return text
+        self._tokens = TokensRedactor(tokens)
+
+    def __call__(self, text: str) -> str:
+        return self._tokens(redact_path(text))
 
 
 class RedactingFormatter(logging.Formatter):
