@@ -21,24 +21,25 @@ import hmac
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from aiohttp import HttpVersion11, hdrs, web
+from aiohttp.typedefs import Handler
 
+from gateway.body import BodyIncomplete, BodyTimeout, BodyTooLarge, CorruptBody, read_body
+from gateway.coding import UnsupportedCoding, body_coding, check_transfer_coding
+from gateway.limits import InflightBudget, OverBudget, RateLimiter, retry_after
+from gateway.metrics import GatewayMetrics
+from gateway.publisher import PublishFailed, publish_callback
+from gateway.redaction import redact_path
+from gateway.routes import CALLBACK_PATH, OPENAPI_PATH
+from gateway.signatures import SignatureError, SignatureVerifier
+from gateway.sources import SourcePolicy, rate_key
 from runtime.amqp import BrokerSession
 from runtime.probes import add_probes
 from runtime.settings import Settings
 from schemas import topology
-from gateway.body import BodyIncomplete, BodyTimeout, BodyTooLarge, CorruptBody, read_body
-from gateway.coding import UnsupportedCoding, body_coding, check_transfer_coding
-from gateway.limits import InflightBudget, OverBudget, RateLimiter, retry_after
-from gateway.publisher import PublishFailed, publish_callback
-from gateway.redaction import redact_path
-from gateway.metrics import GatewayMetrics
-from gateway.routes import CALLBACK_PATH, OPENAPI_PATH
-from gateway.signatures import SignatureError, SignatureVerifier
-from gateway.sources import SourcePolicy, rate_key
 
 log = logging.getLogger("gateway")
 
@@ -74,8 +75,6 @@ BODY_HANDLING = {"auto_decompress": False, "lingering_time": 0}
 # far too little for a bomb or a flood to cost anything.
 DISCARD_BYTES = 512 * 1024
 DISCARD_SECONDS = 1.0
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def create_app(settings: Settings) -> web.Application:
