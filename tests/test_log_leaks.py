@@ -87,7 +87,7 @@ class TestNothingLeaks:
 
     async def test_each_shape(self, settings):
         gateway = await GatewayProcess.start(settings, FLOWSCRIBE_LOG_LEVEL="debug")
-        answers = {}
+        answers: dict[str, int | str] = {}
         try:
             port = await gateway.port()
             for name, raw in {**leak_shapes(), "corrupt gzip to a wrong token": head(
