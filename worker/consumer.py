@@ -42,6 +42,7 @@ from schemas.topology import Topology
 from worker.acks import AckWindow
 from worker.dead_letter import attempts_so_far, dead_letter, retry_later
 from worker.decoding import PayloadDecodeError, decode_payload
+from worker.drift_log import DriftLog, drift_log
 from worker.failures import Fault, classify, describe
 from worker.http import Readiness, serving
 from worker.rows import Callback
@@ -107,6 +108,7 @@ class Worker:
     def __init__(self, settings: Settings, pool: asyncpg.Pool) -> None:
         self._settings = settings
         self._pool = pool
+        self._drift: DriftLog | None = None  # checks a sample of the callbacks for fields the Structs do not know
         self._inbox: asyncio.Queue[AbstractIncomingMessage | None] = asyncio.Queue()
         self._consumer: tuple[AbstractQueue, str] | None = None
         self._window: AckWindow | None = None  # the current channel's unsettled deliveries
@@ -126,6 +128,9 @@ class Worker:
 
     def use_broker(self, broker: BrokerSession) -> None:
         self._broker = broker
+
+    def use_drift_log(self, drift: DriftLog) -> None:
+        self._drift = drift
 
     async def attach(self, channel: AbstractChannel, declared: Topology) -> None:
         """Start consuming on a (new) channel; called by the broker session on every connect."""
@@ -258,6 +263,8 @@ class Worker:
                 continue
             messages[callback.id] = message
             callbacks.append(callback)
+            if self._drift is not None and not callback.reprocess:
+                self._drift.check(callback.id, callback.received_at, callback.body, callback.content_type)
             # Decoding a batch is a few hundred ms of CPU; between two messages, let
             # the batches being written send their next COPY data, commit and ack,
             # or PostgreSQL idles until the whole batch is decoded.
@@ -440,12 +447,15 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> Worker:
         server_settings={"plan_cache_mode": "force_custom_plan"},
     ) as pool:
         worker = Worker(settings, pool)
-        async with BrokerSession(
-            settings.amqp_url, "worker", prefetch=settings.worker_prefetch, on_ready=worker.attach
-        ) as broker:
-            worker.use_broker(broker)
-            async with serving(settings, worker.metrics.registry, Readiness(broker, pool)):
-                log.info("worker started", extra={"batch_size": settings.batch_size,
-                                                  "prefetch": settings.worker_prefetch})
-                await worker.run(stop)
+        # Around the broker session: the last sightings are flushed after the last batch.
+        async with drift_log(pool, worker.metrics.registry, settings.drift_sample_rate) as drift:
+            worker.use_drift_log(drift)
+            async with BrokerSession(
+                settings.amqp_url, "worker", prefetch=settings.worker_prefetch, on_ready=worker.attach
+            ) as broker:
+                worker.use_broker(broker)
+                async with serving(settings, worker.metrics.registry, Readiness(broker, pool)):
+                    log.info("worker started", extra={"batch_size": settings.batch_size,
+                                                      "prefetch": settings.worker_prefetch})
+                    await worker.run(stop)
     return worker
