@@ -183,6 +183,12 @@ def _report(console: Console, tally: Tally, as_json: bool, outcomes: dict[str, i
     if outcomes is not None:
         summary["bodies_by_outcome"] = outcomes
     summary["no_longer_reprocessable"] = tally.bodies_pruned + tally.ledger_rows_deleted
+    if tally.bodies_pruned or tally.ledger_rows_deleted:
+        console.note(("once pruned, " if tally.dry_run else "")
+                     + f"callbacks received before {when(tally.older_than)} can no longer be reprocessed"
+                     " (`reprocess` reports them as pruned); their rows in the analysis tables stay."
+                     " Duplicate detection keeps working for removed bodies"
+                     + (", not for deleted ledger rows" if tally.mode == "ledger" else "") + ".")
     if as_json:
         json_line(console, summary)
         return
@@ -198,10 +204,5 @@ def _report(console: Console, tally: Tally, as_json: bool, outcomes: dict[str, i
         console.say("by outcome: " + ", ".join(f"{n} {outcome}" for outcome, n in outcomes.items()))
     if not tally.complete:
         console.say("stopped before the end (signal): what is reported is done; run it again to go on")
-    if tally.bodies_pruned or tally.ledger_rows_deleted:
-        console.note(f"callbacks received before {when(tally.older_than)} can no longer be reprocessed"
-                     " (`reprocess` reports them as pruned); their rows in the analysis tables stay."
-                     " Duplicate detection keeps working for removed bodies"
-                     + (", not for deleted ledger rows" if tally.mode == "ledger" else "") + ".")
     if tally.dry_run:
         console.say("dry run: nothing was changed")
