@@ -5,8 +5,10 @@ COPY pyproject.toml README.md ./
 COPY flowscribe_ingest ./flowscribe_ingest
 COPY gateway ./gateway
 COPY worker ./worker
+COPY store ./store
 COPY schemas ./schemas
 COPY ops ./ops
+COPY runtime ./runtime
 RUN pip install --no-cache-dir . && useradd --system --uid 10001 flowscribe
 USER flowscribe
 ENV FLOWSCRIBE_LOG_FORMAT=json

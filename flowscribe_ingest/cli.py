@@ -7,15 +7,16 @@ import asyncio
 import logging
 import sys
 
-from flowscribe_ingest import logs, register
-from flowscribe_ingest.settings import Settings, SettingsError
+from runtime import logs
+from ops import register
+from runtime.settings import Settings, SettingsError
 from ops import commands as ops_commands
 
 log = logging.getLogger("flowscribe_ingest")
 
 
 def _migrate(settings: Settings) -> int:
-    from schemas.migrations import migrate
+    from store.migrations import migrate
 
     applied = asyncio.run(migrate(settings.database_url))
     log.info("database up to date", extra={"applied_now": applied})
@@ -28,7 +29,7 @@ def _gateway(settings: Settings) -> int:
         from gateway.processes import serve_in_processes
 
         return serve_in_processes(settings)
-    from flowscribe_ingest.serving import listening_socket
+    from runtime.serving import listening_socket
     from gateway.server import check_startable, serve
 
     check_startable(settings)
@@ -37,8 +38,8 @@ def _gateway(settings: Settings) -> int:
 
 
 def _worker(settings: Settings) -> int:
-    from flowscribe_ingest.gc_tuning import collecting_less_often
-    from flowscribe_ingest.lifecycle import stop_on_signals
+    from runtime.gc_tuning import collecting_less_often
+    from runtime.lifecycle import stop_on_signals
     from worker.consumer import run_worker
 
     async def work() -> None:

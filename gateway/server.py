@@ -10,9 +10,9 @@ from typing import Any
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
-from flowscribe_ingest.lifecycle import stop_on_signals
-from flowscribe_ingest.serving import listening
-from flowscribe_ingest.settings import Settings
+from runtime.lifecycle import stop_on_signals
+from runtime.serving import listening
+from runtime.settings import Settings
 from gateway.app import CONTENT_TYPE, MESSAGE_ID, create_app
 from gateway.redaction import redact_path, redacted_logs
 from gateway.routes import HEALTH_PATH, METRICS_PATH, READY_PATH

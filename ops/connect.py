@@ -1,7 +1,7 @@
 """Short-lived connections for one ops command, with errors that say what to check.
 
 An ops command is one short run, so it connects directly (no reconnect loop as
-in ``flowscribe_ingest.amqp``): if the broker or the database is not there, the
+in ``runtime.amqp``): if the broker or the database is not there, the
 operator wants to hear it at once, with the URL (password hidden) and the
 variable to set.
 """
@@ -15,8 +15,8 @@ import aio_pika
 import asyncpg
 from aio_pika.abc import AbstractChannel, AbstractConnection
 
-from flowscribe_ingest.amqp import connection_url
-from flowscribe_ingest.settings import Settings, redact_url
+from runtime.amqp import connection_url
+from runtime.settings import Settings, redact_url
 from ops.errors import OpsError
 from schemas.topology import Topology, declare
 from worker.failures import describe

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import argparse
 
-from flowscribe_ingest.settings import Settings
+from runtime.settings import Settings
 from ops import connect
 from ops.errors import OpsError
 from ops.render import Console, json_line, table, when
-from worker.drift import known_fields, printable
+from schemas.drift import known_fields, printable
 
 _SELECT = """
     SELECT object, field, kind, first_seen, last_seen, callbacks, example_callback_id

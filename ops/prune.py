@@ -36,8 +36,8 @@ import uuid
 
 import asyncpg
 
-from flowscribe_ingest.lifecycle import stop_on_signals
-from flowscribe_ingest.settings import Settings
+from runtime.lifecycle import stop_on_signals
+from runtime.settings import Settings
 from ops import connect
 from ops.errors import UsageError
 from ops.render import Console, Progress, json_line, size, when

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 import uuid
 
-from flowscribe_ingest.metrics import new_registry
+from runtime.metrics import new_registry
 from tests.support import JSON_SAMPLE, XML_SAMPLE, eventually
 from tests.test_ops import ops
 from tests.test_pipeline import post
-from worker.drift import MAX_NAME, MAX_PER_BODY, known_fields, unknown_fields
+from schemas.drift import MAX_NAME, MAX_PER_BODY, known_fields, unknown_fields
 from worker.drift_log import MAX_LABELLED, OTHER, DriftLog
 
 
@@ -34,7 +34,7 @@ def drifted_xml() -> bytes:
 
 
 class TestDetection:
-    """worker.drift reads a body as the decoders do and names what the Structs lack."""
+    """schemas.drift reads a body as the decoders do and names what the Structs lack."""
 
     def test_the_vendor_samples_have_no_drift(self):
         assert unknown_fields(JSON_SAMPLE, "application/json") == {}

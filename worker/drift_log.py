@@ -1,4 +1,4 @@
-"""Record schema drift: sample callbacks, keep what ``worker.drift`` finds, write it to the database.
+"""Record schema drift: sample callbacks, keep what ``schemas.drift`` finds, write it to the database.
 
 Which callbacks are checked: each with probability ``FLOWSCRIBE_DRIFT_SAMPLE_RATE``
 (reprocessed ones never: they were counted when they arrived). A new vendor
@@ -36,7 +36,7 @@ from collections.abc import AsyncIterator
 import asyncpg
 from prometheus_client import CollectorRegistry, Counter
 
-from worker.drift import OBJECT, Unknown, unknown_fields
+from schemas.drift import OBJECT, Unknown, unknown_fields
 
 log = logging.getLogger("worker")
 

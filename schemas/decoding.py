@@ -201,7 +201,7 @@ class _XmlValueError(Exception):
 def parse_xml(body: bytes) -> Any:
     """The body's root element, parsed with the hardened settings; raises only PayloadDecodeError.
 
-    Public for the schema-drift check (worker.drift), which reads the same tree
+    Public for the schema-drift check (schemas.drift), which reads the same tree
     the decoder reads, never a more trusting one.
     """
     # A DataContract body never has a DTD, and a DTD is how every entity attack

@@ -29,7 +29,7 @@ import msgspec
 import msgspec.inspect as mi
 
 from schemas.payload import Payload
-from worker.decoding import parse_xml
+from schemas.decoding import parse_xml
 
 __all__ = ["FIELD", "OBJECT", "ROOT", "known_fields", "printable", "unknown_fields"]
 
