@@ -50,6 +50,16 @@ def _positive(kind: Callable[[str], float]) -> Callable[[str], float]:
     return parse
 
 
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError("must be > 0 and <= 1")
+    return value
+
+
 def _uuid(text: str) -> uuid.UUID:
     try:
         return uuid.UUID(text)
@@ -155,6 +165,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dry-run", action="store_true", help="change nothing; say what and how many bytes")
     p.add_argument("--batch-size", type=_positive(int), default=1000, metavar="N",
                    help="rows per transaction (default: 1000)")
+    p.add_argument("--duty-cycle", type=_fraction, default=0.25, metavar="F",
+                   help="share of the time spent in batches: after each it pauses to leave the database to the"
+                        " workers (default: 0.25; 1: no pause)")
     p.add_argument("--json", action="store_true", help="the summary as one JSON object")
     _command(p, "ops.prune", "prune_command", changes=False)
 

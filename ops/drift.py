@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import argparse
 
-from runtime.settings import Settings
 from ops import connect
 from ops.errors import OpsError
 from ops.render import Console, json_line, table, when
+from runtime.settings import Settings
 from schemas.drift import known_fields, printable
 
 _SELECT = """

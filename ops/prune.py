@@ -17,7 +17,9 @@ nor a redelivery of its message: choose an age far beyond any retry.
 Workers are never held up: each batch of at most ``--batch-size`` rows (taken
 in receive order, by key) is one short transaction, and rows a worker has
 locked at that moment (a callback being reprocessed) are skipped rather than
-waited for (``SKIP LOCKED``); the next run takes them. The space is reused by
+waited for (``SKIP LOCKED``); the next run takes them. Nor starved: a batch
+keeps the database (and on a small machine a core) busy, so after each one it
+pauses until batches have taken at most ``--duty-cycle`` of the time. The space is reused by
 new bodies once (auto)vacuum has passed; the table stops growing rather than
 shrinking on disk.
 
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import datetime
 import time
@@ -36,11 +39,11 @@ import uuid
 
 import asyncpg
 
-from runtime.lifecycle import stop_on_signals
-from runtime.settings import Settings
 from ops import connect
 from ops.errors import UsageError
 from ops.render import Console, Progress, json_line, size, when
+from runtime.lifecycle import stop_on_signals
+from runtime.settings import Settings
 
 _EPOCH = (datetime.datetime.min.replace(tzinfo=datetime.UTC), uuid.UUID(int=0))
 
@@ -139,6 +142,7 @@ async def prune_command(settings: Settings, args: argparse.Namespace, console: C
     tally = Tally("ledger" if args.ledger else "bodies", cutoff, args.dry_run)
     async with connect.database(settings) as conn:
         survey = await conn.fetchrow(_SURVEY_LEDGER if args.ledger else _SURVEY_BODIES, cutoff)
+        assert survey is not None  # an aggregate without GROUP BY: always one row
         if args.dry_run:
             tally.bodies_pruned, tally.bytes = survey["bodies"], survey["bytes"]
             tally.ledger_rows_deleted = survey["deleted"]
@@ -149,13 +153,13 @@ async def prune_command(settings: Settings, args: argparse.Namespace, console: C
         total = survey["bodies"] + (survey["deleted"] if args.ledger else 0)
         stop = asyncio.Event()
         with stop_on_signals(stop):
-            await _prune(conn, tally, args.batch_size, Progress(console, "pruning", total), stop)
+            await _prune(conn, tally, args.batch_size, args.duty_cycle, Progress(console, "pruning", total), stop)
     _report(console, tally, args.json)
     return 0
 
 
-async def _prune(conn: asyncpg.Connection, tally: Tally, batch_size: int, progress: Progress,
-                 stop: asyncio.Event) -> None:
+async def _prune(conn: asyncpg.Connection, tally: Tally, batch_size: int, duty_cycle: float,
+                 progress: Progress, stop: asyncio.Event) -> None:
     statement = _PRUNE_LEDGER if tally.mode == "ledger" else _PRUNE_BODIES
     after = _EPOCH
     try:
@@ -165,7 +169,8 @@ async def _prune(conn: asyncpg.Connection, tally: Tally, batch_size: int, progre
                 return
             started = time.perf_counter()
             rows = await conn.fetch(statement, tally.older_than, *after, batch_size)
-            tally.add(rows, (time.perf_counter() - started) * 1000)
+            took = time.perf_counter() - started
+            tally.add(rows, took * 1000)
             if rows:
                 last = max(rows, key=lambda r: (r["received_at"], r["id"]))
                 after = (last["received_at"], last["id"])
@@ -174,6 +179,9 @@ async def _prune(conn: asyncpg.Connection, tally: Tally, batch_size: int, progre
             # Rows locked by a worker were skipped, not counted: fewer than a batch means the end.
             if len(rows) < batch_size:
                 return
+            # Yield the machine to the workers for a while (a signal cuts the pause short).
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), took * (1 / duty_cycle - 1))
     finally:
         progress.close()
 

@@ -28,8 +28,8 @@ from typing import Any
 import msgspec
 import msgspec.inspect as mi
 
-from schemas.payload import Payload
 from schemas.decoding import parse_xml
+from schemas.payload import Payload
 
 __all__ = ["FIELD", "OBJECT", "ROOT", "known_fields", "printable", "unknown_fields"]
 
@@ -100,9 +100,9 @@ def unknown_fields(body: bytes, content_type: str | None) -> Unknown:
 
 def _note(found: Unknown, obj: str, name: str, kind: str) -> None:
     key = (obj, printable(name))
-    if len(found) < MAX_PER_BODY or key in found:
-        if found.get(key) != OBJECT:
-            found[key] = kind
+    # A name seen as an object somewhere stays one; past the cap only names already noted change.
+    if (len(found) < MAX_PER_BODY or key in found) and found.get(key) != OBJECT:
+        found[key] = kind
 
 
 # --- JSON: objects are dicts -------------------------------------------------

@@ -6,10 +6,10 @@ import json
 import uuid
 
 from runtime.metrics import new_registry
+from schemas.drift import MAX_NAME, MAX_PER_BODY, known_fields, unknown_fields
 from tests.support import JSON_SAMPLE, XML_SAMPLE, eventually
 from tests.test_ops import ops
 from tests.test_pipeline import post
-from schemas.drift import MAX_NAME, MAX_PER_BODY, known_fields, unknown_fields
 from worker.drift_log import MAX_LABELLED, OTHER, DriftLog
 
 
@@ -118,7 +118,8 @@ class TestEndToEnd:
             return rows if len(rows) == 5 and sum(r["callbacks"] for r in rows) == 2 * 3 + 2 else None
 
         rows = {(r["object"], r["field"]): r for r in await eventually(recorded, what="the drift rows")}
-        received = {r["id"]: r["received_at"] for r in await db.fetch("SELECT id, received_at FROM flowscribe.callbacks")}
+        ledger = await db.fetch("SELECT id, received_at FROM flowscribe.callbacks")
+        received = {r["id"]: r["received_at"] for r in ledger}
         assert len(received) == 4  # every callback landed as usual, drift or not
         brand = rows[("ConversationSentenceScoring", "Score_Brand")]
         assert (brand["kind"], brand["callbacks"]) == ("field", 2)

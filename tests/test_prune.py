@@ -11,10 +11,9 @@ import uuid
 
 import asyncpg
 
-from tests.support import service_env
+from tests.support import eventually, service_env
 from tests.test_ops import ops, store, table_rows
 from tests.test_pipeline import T0, publish_as_gateway, versioned
-from tests.support import eventually
 
 NOW = datetime.datetime.now(datetime.UTC)
 OLD = T0 - datetime.timedelta(days=400)  # well past --older-than 90d
