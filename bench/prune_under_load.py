@@ -36,7 +36,7 @@ from typing import Any
 import asyncpg
 
 from bench import payloads
-from bench.__main__ import CommitWatcher, prefill, say
+from bench.harness import CommitWatcher, prefill, say
 from bench.services import Proc, Services, python_argv
 
 OUT = Path(__file__).resolve().parent / "out"

@@ -15,20 +15,16 @@ from ops.errors import OpsError
 from ops.render import Console, json_line, table, when
 from runtime.settings import Settings
 from schemas.drift import known_fields, printable
-
-_SELECT = """
-    SELECT object, field, kind, first_seen, last_seen, callbacks, example_callback_id
-    FROM flowscribe.schema_drift ORDER BY first_seen, object, field
-"""
+from store import drift as drift_table
 
 NEW, KNOWN = "new", "known"  # not in this version's Structs / in them by now
 
 
 async def drift_command(settings: Settings, args: argparse.Namespace, console: Console) -> int:
     async with connect.database(settings) as conn:
-        if await conn.fetchval("SELECT to_regclass('flowscribe.schema_drift')") is None:
-            raise OpsError("the database has no flowscribe.schema_drift table; run `flowscribe-ingest migrate`")
-        rows = await conn.fetch(_SELECT)
+        rows = await drift_table.recorded(conn)
+    if rows is None:
+        raise OpsError("the database has no flowscribe.schema_drift table; run `flowscribe-ingest migrate`")
     known = known_fields()
     found = [
         {

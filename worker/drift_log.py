@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import datetime
 import logging
 import random
@@ -36,7 +35,9 @@ from collections.abc import AsyncIterator
 import asyncpg
 from prometheus_client import CollectorRegistry, Counter
 
-from schemas.drift import OBJECT, Unknown, unknown_fields
+from schemas.drift import Unknown, unknown_fields
+from store import drift as drift_table
+from store.drift import Sighting
 
 log = logging.getLogger("worker")
 
@@ -44,40 +45,6 @@ MAX_LABELLED = 50  # distinct (object, field) label pairs per worker; the rest s
 OTHER = "(other)"
 MAX_PENDING = 1000  # distinct pairs held between flushes (a flush normally empties it within a second)
 FLUSH_INTERVAL = 1.0  # seconds: at most one upsert a second per worker
-
-_UPSERT = """
-    INSERT INTO flowscribe.schema_drift AS d
-        (object, field, kind, first_seen, last_seen, callbacks, example_callback_id)
-    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::timestamptz[],
-                         $6::bigint[], $7::uuid[])
-    ORDER BY 1, 2
-    ON CONFLICT (object, field) DO UPDATE SET
-        kind = CASE WHEN excluded.kind = 'object' THEN 'object' ELSE d.kind END,
-        first_seen = least(d.first_seen, excluded.first_seen),
-        last_seen = greatest(d.last_seen, excluded.last_seen),
-        callbacks = d.callbacks + excluded.callbacks,
-        example_callback_id = CASE WHEN excluded.last_seen >= d.last_seen
-                                   THEN excluded.example_callback_id ELSE d.example_callback_id END
-"""
-
-
-@dataclasses.dataclass(slots=True)
-class Sighting:
-    """One unknown (object, field) in the callbacks sampled since the last flush."""
-
-    kind: str
-    first_seen: datetime.datetime
-    last_seen: datetime.datetime
-    callbacks: int
-    example: uuid.UUID  # the latest callback that carried it
-
-    def merge(self, other: Sighting) -> None:
-        if other.kind == OBJECT:
-            self.kind = OBJECT
-        self.first_seen = min(self.first_seen, other.first_seen)
-        if other.last_seen >= self.last_seen:
-            self.last_seen, self.example = other.last_seen, other.example
-        self.callbacks += other.callbacks
 
 
 class DriftLog:
@@ -141,14 +108,9 @@ class DriftLog:
             return
         taken, self._pending = self._pending, {}
         keys = sorted(taken)
-        rows = [taken[k] for k in keys]
         try:
             async with self._pool.acquire(timeout=10) as conn:
-                await conn.execute(
-                    _UPSERT, [k[0] for k in keys], [k[1] for k in keys], [s.kind for s in rows],
-                    [s.first_seen for s in rows], [s.last_seen for s in rows], [s.callbacks for s in rows],
-                    [s.example for s in rows],
-                )
+                await drift_table.record(conn, taken)
         except BaseException as e:
             for key, sighting in taken.items():
                 self._hold(key, sighting)
