@@ -26,7 +26,7 @@ from runtime.settings import Settings
 from schemas import topology
 from gateway.body import BodyIncomplete, BodyTimeout, BodyTooLarge, read_body
 from gateway.limits import InflightBudget, OverBudget, RateLimiter, retry_after
-from gateway.publisher import PublishFailed, publish_callback
+from gateway.publisher import Publish, PublishFailed, publish_callback
 from gateway.redaction import redact_path
 from gateway.metrics import GatewayMetrics
 from gateway.routes import CALLBACK_PATH, OPENAPI_PATH
@@ -42,6 +42,7 @@ BUDGET = web.AppKey("inflight_budget", InflightBudget)
 RATE_LIMITER = web.AppKey("rate_limiter", RateLimiter)  # absent: no rate limit
 SIGNATURES = web.AppKey("signatures", SignatureVerifier)  # absent: signatures not required
 METRICS = web.AppKey("metrics", GatewayMetrics)
+PUBLISH = web.AppKey("publish", Publish)
 # Set on a request once its callback is confirmed, for the access log line.
 MESSAGE_ID = web.RequestKey("message_id", str)
 CONTENT_TYPE = web.RequestKey("content_type", str)
@@ -58,7 +59,9 @@ OPENAPI_FILE = Path(__file__).with_name("openapi.yaml")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def create_app(settings: Settings) -> web.Application:
+def create_app(settings: Settings, *, publish: Publish = publish_callback) -> web.Application:
+    """The gateway's application; ``publish`` puts an accepted body on the broker (the bench
+    passes one that publishes nothing, to measure the HTTP side alone)."""
     metrics = GatewayMetrics()
     # client_max_size is a backstop for any future request.read(); the
     # callback handler counts bytes itself as they arrive (gateway.body).
@@ -69,6 +72,7 @@ def create_app(settings: Settings) -> web.Application:
     )
     app[SETTINGS] = settings
     app[METRICS] = metrics
+    app[PUBLISH] = publish
     app[SOURCES] = SourcePolicy(settings.allowed_networks, settings.trusted_proxies)
     app[BUDGET] = InflightBudget(settings.max_inflight_bytes)
     if settings.rate_limit > 0:
@@ -226,7 +230,7 @@ async def receive_callback(request: web.Request) -> web.Response:
             content_type = f"{content_type}; charset={request.charset}"
         try:
             with app[METRICS].publishing():
-                message_id = await publish_callback(app[BROKER], body, content_type, settings.publish_timeout)
+                message_id = await app[PUBLISH](app[BROKER], body, content_type, settings.publish_timeout)
         except PublishFailed as e:
             log.warning("callback not accepted: broker did not confirm", extra={"reason": str(e), "bytes": len(body)})
             return _unavailable(settings, "the callback could not be stored; retry later")
