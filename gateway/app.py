@@ -15,23 +15,24 @@ import hmac
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
+from gateway.body import BodyIncomplete, BodyTimeout, BodyTooLarge, read_body
+from gateway.limits import InflightBudget, OverBudget, RateLimiter, retry_after
+from gateway.metrics import GatewayMetrics
+from gateway.publisher import Publish, PublishFailed, publish_callback
+from gateway.redaction import redact_path
+from gateway.routes import CALLBACK_PATH, OPENAPI_PATH
+from gateway.signatures import SignatureError, SignatureVerifier
+from gateway.sources import SourcePolicy, rate_key
 from runtime.amqp import BrokerSession
 from runtime.probes import add_probes
 from runtime.settings import Settings
 from schemas import topology
-from gateway.body import BodyIncomplete, BodyTimeout, BodyTooLarge, read_body
-from gateway.limits import InflightBudget, OverBudget, RateLimiter, retry_after
-from gateway.publisher import Publish, PublishFailed, publish_callback
-from gateway.redaction import redact_path
-from gateway.metrics import GatewayMetrics
-from gateway.routes import CALLBACK_PATH, OPENAPI_PATH
-from gateway.signatures import SignatureError, SignatureVerifier
-from gateway.sources import SourcePolicy, rate_key
 
 log = logging.getLogger("gateway")
 
@@ -42,7 +43,7 @@ BUDGET = web.AppKey("inflight_budget", InflightBudget)
 RATE_LIMITER = web.AppKey("rate_limiter", RateLimiter)  # absent: no rate limit
 SIGNATURES = web.AppKey("signatures", SignatureVerifier)  # absent: signatures not required
 METRICS = web.AppKey("metrics", GatewayMetrics)
-PUBLISH = web.AppKey("publish", Publish)
+PUBLISH: web.AppKey[Publish] = web.AppKey("publish")
 # Set on a request once its callback is confirmed, for the access log line.
 MESSAGE_ID = web.RequestKey("message_id", str)
 CONTENT_TYPE = web.RequestKey("content_type", str)
@@ -55,8 +56,6 @@ ACCEPTED_TYPES = frozenset({"application/json", "text/json", "application/xml", 
 _CHARSET = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:+-]{0,39}")
 
 OPENAPI_FILE = Path(__file__).with_name("openapi.yaml")
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def create_app(settings: Settings, *, publish: Publish = publish_callback) -> web.Application:

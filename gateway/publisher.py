@@ -13,7 +13,6 @@ from schemas import topology
 from schemas.message import callback_message
 from schemas.topology import Topology
 
-
 # (broker session, body, content type, timeout) -> the message id, once confirmed.
 Publish = Callable[["BrokerSession[Topology]", bytes, str, float], Awaitable[str]]
 

@@ -70,4 +70,4 @@ def redacted_logs(tokens: Iterable[str], logger: logging.Logger | None = None) -
         yield
     finally:
         for handler, formatter in wrapped:
-            handler.setFormatter(formatter)  # type: ignore[arg-type]
+            handler.setFormatter(formatter)

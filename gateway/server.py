@@ -10,13 +10,13 @@ from typing import Any
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
-from runtime.lifecycle import stop_on_signals
-from runtime.serving import listening
-from runtime.settings import Settings, SettingsError
 from gateway.app import CONTENT_TYPE, MESSAGE_ID, create_app
 from gateway.publisher import Publish, publish_callback
 from gateway.redaction import redact_path, redacted_logs
 from gateway.routes import HEALTH_PATH, METRICS_PATH, READY_PATH
+from runtime.lifecycle import stop_on_signals
+from runtime.serving import listening
+from runtime.settings import Settings, SettingsError
 
 __all__ = ["AccessLog", "check_startable", "redact_path", "serve", "server_options", "warn_about_settings"]
 

@@ -16,14 +16,14 @@ import os
 import sys
 import uuid
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from ops.errors import OpsError, UsageError
+from ops.selection import Selector, normalise_id, parse_when
 from runtime import logs
 from runtime.handlers import lazy
 from runtime.settings import Settings
 from store.outcomes import RECORDED
-from ops.errors import OpsError, UsageError
-from ops.selection import Selector, normalise_id, parse_when
 
 if TYPE_CHECKING:
     from ops.render import Console
@@ -67,9 +67,11 @@ def _selectors(parser: argparse.ArgumentParser, *, ids: bool) -> None:
     parser.add_argument("--limit", type=_positive(int), metavar="N", help="at most N messages (default: no limit)")
 
 
-def _action(actions: argparse._SubParsersAction, name: str, help_text: str) -> argparse.ArgumentParser:
+def _action(actions: argparse._SubParsersAction[Any], name: str, help_text: str) -> argparse.ArgumentParser:
     """A dlq action whose --help begins with its one-line help, as a sentence."""
-    return actions.add_parser(name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".")
+    parser: argparse.ArgumentParser = actions.add_parser(
+        name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".")
+    return parser
 
 
 def _command(parser: argparse.ArgumentParser, handler: str, *, changes: bool) -> None:
@@ -77,7 +79,7 @@ def _command(parser: argparse.ArgumentParser, handler: str, *, changes: bool) ->
     parser.set_defaults(run=lazy("ops.commands:main"), ops_command=lazy(handler), changes_queue=changes)
 
 
-def add_parsers(sub: argparse._SubParsersAction) -> None:
+def add_parsers(sub: argparse._SubParsersAction[Any]) -> None:
     """Add ``dlq`` and ``reprocess`` to the subcommands of ``flowscribe-ingest``."""
     dlq = sub.add_parser(
         "dlq", help="inspect, replay, purge, export and import dead letters",
@@ -103,7 +105,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dry-run", action="store_true",
                    help="change nothing; say whether each decodes now and what it would do in the database")
     p.add_argument("--force", action="store_true", help="replay also those that still fail to decode")
-    p.add_argument("--rate", type=_positive(float), metavar="N", help="at most N messages per second (default: as fast as the broker confirms)")
+    p.add_argument("--rate", type=_positive(float), metavar="N",
+                   help="at most N messages per second (default: as fast as the broker confirms)")
     _command(p, "ops.replay:replay_command", changes=True)
 
     p = _action(actions, "purge", "delete dead letters for good (asks first)")
@@ -122,7 +125,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
     p = _action(actions, "import", "publish the messages of an export file into the dead-letter queue")
     p.add_argument("file", metavar="FILE")
-    p.add_argument("--rate", type=_positive(float), metavar="N", help="at most N messages per second (default: as fast as the broker confirms)")
+    p.add_argument("--rate", type=_positive(float), metavar="N",
+                   help="at most N messages per second (default: as fast as the broker confirms)")
     _command(p, "ops.transfer:import_command", changes=False)
 
     p = sub.add_parser(
@@ -135,9 +139,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--analysis-id", type=_uuid, action="append", metavar="UUID", help="this analysis (repeatable)")
     p.add_argument("--outcome", choices=RECORDED, action="append", help="callbacks with this outcome (repeatable)")
     p.add_argument("--all", action="store_true", dest="every", help="every stored callback")
-    p.add_argument("--limit", type=_positive(int), metavar="N", help="at most N callbacks, oldest first (default: no limit)")
+    p.add_argument("--limit", type=_positive(int), metavar="N",
+                   help="at most N callbacks, oldest first (default: no limit)")
     p.add_argument("--dry-run", action="store_true", help="publish nothing; predict each outcome")
-    p.add_argument("--rate", type=_positive(float), metavar="N", help="at most N callbacks per second (default: as fast as the broker confirms)")
+    p.add_argument("--rate", type=_positive(float), metavar="N",
+                   help="at most N callbacks per second (default: as fast as the broker confirms)")
     _command(p, "ops.reprocess:reprocess_command", changes=True)
 
 

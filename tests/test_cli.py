@@ -20,7 +20,10 @@ FIELDS = {field.name: field for field in dataclasses.fields(Settings)}
 DERIVED = {"worker_prefetch": "prefetch"}
 
 
-def subcommands(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], argparse.ArgumentParser]]:
+Subcommand = tuple[tuple[str, ...], argparse.ArgumentParser]
+
+
+def subcommands(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> list[Subcommand]:
     found = []
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
@@ -30,7 +33,8 @@ def subcommands(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> 
     return found
 
 
-@pytest.mark.parametrize(("path", "parser"), subcommands(build_parser()), ids=lambda p: " ".join(p) if isinstance(p, tuple) else "")
+@pytest.mark.parametrize(("path", "parser"), subcommands(build_parser()),
+                         ids=lambda p: " ".join(p) if isinstance(p, tuple) else "")
 def test_every_subcommand_describes_itself(path, parser):
     assert parser.description and len(parser.description) > 10, path
 

@@ -26,7 +26,7 @@ from schemas.decoding.storable import stored as _stored
 from schemas.decoding.xml_body import decode_xml
 from schemas.payload import Payload
 
-__all__ = ["PayloadDecodeError", "decode_payload", "MAX_JSON_DEPTH"]
+__all__ = ["MAX_JSON_DEPTH", "PayloadDecodeError", "decode_payload"]
 
 
 def decode_payload(body: bytes, content_type: str | None) -> Payload:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 
 class PayloadDecodeError(Exception):
-    """A body that cannot become a Payload. str(e) is a one-line human reason (includes the path where msgspec gives one)."""
+    """A body that cannot become a Payload.
+
+    str(e) is a one-line human reason (with the path where msgspec gives one).
+    """
 
 
 def error(reason: str) -> PayloadDecodeError:

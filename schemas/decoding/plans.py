@@ -9,7 +9,7 @@ hold datetimes (the .NET legacy date rewrite).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import msgspec.inspect as mi
 
@@ -68,7 +68,7 @@ def _datetime_keys(struct: mi.StructType) -> set[str]:
     return keys
 
 
-_PAYLOAD_INFO = mi.type_info(Payload)
+_PAYLOAD_INFO = cast(mi.StructType, mi.type_info(Payload))
 _XML_PLAN = _xml_plan(_PAYLOAD_INFO)
 _PLAN = _storable_plan(_PAYLOAD_INFO)
 DATETIME_KEYS = frozenset(_datetime_keys(_PAYLOAD_INFO))

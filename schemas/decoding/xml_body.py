@@ -89,7 +89,7 @@ def _xml_object(elem: Any, plan: dict[str, tuple[int, Any]]) -> dict[str, Any]:
         if kind < _STRUCT:
             text = child.text
             if len(child):
-                value = {}  # markup where text belongs: msgspec reports the type error with its path
+                value: Any = {}  # markup where text belongs: msgspec reports the type error with its path
             elif text is None:  # i:nil elements are empty, so only empty ones need the lookup
                 value = None if _is_nil(child) else ""
             elif kind == _STR:
