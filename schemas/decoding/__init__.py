@@ -23,10 +23,10 @@ from schemas.decoding.errors import PayloadDecodeError
 from schemas.decoding.errors import error as _error
 from schemas.decoding.json_body import MAX_JSON_DEPTH, decode_json
 from schemas.decoding.storable import stored as _stored
-from schemas.decoding.xml_body import decode_xml
+from schemas.decoding.xml_body import decode_xml, parse_xml
 from schemas.payload import Payload
 
-__all__ = ["MAX_JSON_DEPTH", "PayloadDecodeError", "decode_payload"]
+__all__ = ["MAX_JSON_DEPTH", "PayloadDecodeError", "decode_payload", "parse_xml"]
 
 
 def decode_payload(body: bytes, content_type: str | None) -> Payload:
