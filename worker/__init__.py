@@ -4,6 +4,6 @@
 # --help lists them with their defaults; tests/test_cli.py checks this against the code.
 SETTINGS_READ = (
     "amqp_url", "database_url", "batch_size", "batch_wait", "prefetch", "max_attempts",
-    "database_retry_max_delay", "publish_timeout", "worker_http_host", "worker_http_port",
+    "database_retry_max_delay", "publish_timeout", "worker_http_host", "worker_http_port", "drift_sample_rate",
     "shutdown_timeout", "log_format", "log_level",
 )
