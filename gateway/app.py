@@ -116,6 +116,9 @@ def create_app(settings: Settings, *, publish: Publish = publish_callback) -> we
         return web.Response(body=openapi, content_type="application/yaml")
 
     app.router.add_get(OPENAPI_PATH, openapi_document)
+    # Last: every other path and method, so that aiohttp's own 404/405 does not
+    # come after a `100 Continue` it sends first.
+    app.router.add_route("*", "/{unserved:.*}", _not_served, expect_handler=_continue_later)
     return app
 
 
@@ -151,6 +154,17 @@ async def _answer_then_close(request: web.Request, handler: Handler) -> web.Stre
             while left > 0 and (chunk := await request.content.readany()):
                 left -= len(chunk)
     return response
+
+
+async def _not_served(request: web.Request) -> web.StreamResponse:
+    """404, or 405 with the methods the path does take: what aiohttp would answer."""
+    allowed: set[str] = set()
+    for resource in request.app.router.resources():
+        if resource is not request.match_info.route.resource:
+            allowed |= (await resource.resolve(request))[1]
+    if allowed:
+        raise web.HTTPMethodNotAllowed(request.method, allowed)
+    raise web.HTTPNotFound()
 
 
 async def _continue_later(request: web.Request) -> None:
