@@ -23,7 +23,7 @@ from gateway.app import create_app as create_gateway_app
 from runtime.settings import Settings
 from schemas import topology
 from tests.support import JSON_SAMPLE, eventually
-from tests.test_observability import POISON, scrape, value, worker_http_port
+from tests.test_observability import POISON, scrape, value
 from tests.test_pipeline import post
 from worker import http as worker_http
 from worker.metrics import WorkerMetrics
@@ -146,8 +146,8 @@ class TestDashboardAndAlerts:
         caplog.set_level(logging.INFO, logger="worker")
         await post(http, gateway, JSON_SAMPLE)
         await post(http, gateway, POISON)
-        start_worker()
-        worker_metrics = f"http://127.0.0.1:{await worker_http_port(caplog)}/metrics"
+        running = start_worker()
+        worker_metrics = f"http://127.0.0.1:{await running.http_port()}/metrics"
 
         async def both_done() -> bool:
             samples = await scrape(http, worker_metrics)
