@@ -16,8 +16,13 @@ log = logging.getLogger("flowscribe_ingest")
 
 def _migrate(settings: Settings) -> int:
     from schemas.migrations import migrate
+    from schemas.reporting import UnknownTimeZone
 
-    applied = asyncio.run(migrate(settings.database_url))
+    try:
+        applied = asyncio.run(migrate(settings.database_url, settings.reporting_time_zone))
+    except UnknownTimeZone as e:
+        print(f"flowscribe-ingest migrate: FLOWSCRIBE_REPORTING_TIME_ZONE: {e}", file=sys.stderr)
+        return 1
     log.info("database up to date", extra={"applied_now": applied})
     return 0
 

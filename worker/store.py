@@ -200,6 +200,11 @@ async def _write(conn: asyncpg.Connection, plan: Plan, stored: set[uuid.UUID]) -
     for table, (attribute, columns) in CHILD_COLUMNS.items():
         records = [row for cb in winners for row in child_rows(cb.analysis, attribute)]  # type: ignore[arg-type]
         rows[table] = await _copy(conn, table, columns, records)
+    if winners:
+        # From the rows just written, in this transaction: the summaries the analytics views
+        # read are exactly as current as the rows (migration 0003).
+        await conn.execute(f"SELECT {SCHEMA}.summarise($1::uuid[])", list(plan.winners))
+    rows["conversation_summaries"] = len(winners)
 
     if plan.jobs:
         jobs = list(plan.jobs.values())
