@@ -554,6 +554,16 @@ async def main_async(args: argparse.Namespace) -> int:
                 results[name] = {"error": f"{type(e).__name__}: {e}"}
             results.setdefault("phase_seconds", {})[name] = round(time.monotonic() - t, 1)
             (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
+        if args.only and "analytics" in args.only:  # not in the full run: it adds minutes
+            from bench import analytics
+
+            t = time.monotonic()
+            try:
+                results["analytics"] = await analytics.run(services, cfg, bodies, out)
+            except Exception as e:  # noqa: BLE001 - report what failed
+                traceback.print_exc()
+                results["analytics"] = {"error": f"{type(e).__name__}: {e}"}
+            results.setdefault("phase_seconds", {})["analytics"] = round(time.monotonic() - t, 1)
         if args.profile or (args.only and "profile" in args.only):
             from bench import profile
 
@@ -581,7 +591,7 @@ async def main_async(args: argparse.Namespace) -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a 1-2 minute smoke run (smaller counts, shorter runs)")
-    parser.add_argument("--only", nargs="+", choices=[*PHASES, "profile"], help="run only these phases")
+    parser.add_argument("--only", nargs="+", choices=[*PHASES, "profile", "analytics"], help="run only these phases")
     parser.add_argument("--profile", action="store_true", help="also profile worker and gateway with py-spy")
     return asyncio.run(main_async(parser.parse_args()))
 

@@ -187,6 +187,18 @@ async def _copy(conn: asyncpg.Connection, table: str, columns: list[str], record
     return len(records)
 
 
+async def write_summaries(conn: asyncpg.Connection, analysis_ids: list[uuid.UUID]) -> int:
+    """(Re)write the per-conversation summaries the analytics views read (migration 0003).
+
+    Computed by PostgreSQL from the rows just written, in the same transaction: exactly as
+    current as the rows, and one definition shared with the migration that backfills them.
+    In Python from the decoded payloads it cost the worker more (bench/ANALYTICS.md).
+    """
+    if analysis_ids:
+        await conn.execute(f"SELECT {SCHEMA}.summarise($1::uuid[])", analysis_ids)
+    return len(analysis_ids)
+
+
 async def _write(conn: asyncpg.Connection, plan: Plan, stored: set[uuid.UUID]) -> dict[str, int]:
     rows: dict[str, int] = {}
     replaced = [analysis_id for analysis_id in plan.winners if analysis_id in stored]
@@ -200,11 +212,7 @@ async def _write(conn: asyncpg.Connection, plan: Plan, stored: set[uuid.UUID]) -
     for table, (attribute, columns) in CHILD_COLUMNS.items():
         records = [row for cb in winners for row in child_rows(cb.analysis, attribute)]  # type: ignore[arg-type]
         rows[table] = await _copy(conn, table, columns, records)
-    if winners:
-        # From the rows just written, in this transaction: the summaries the analytics views
-        # read are exactly as current as the rows (migration 0003).
-        await conn.execute(f"SELECT {SCHEMA}.summarise($1::uuid[])", list(plan.winners))
-    rows["conversation_summaries"] = len(winners)
+    rows["conversation_summaries"] = await write_summaries(conn, list(plan.winners))
 
     if plan.jobs:
         jobs = list(plan.jobs.values())

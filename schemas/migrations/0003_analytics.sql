@@ -63,8 +63,8 @@ CREATE INDEX conversation_summaries_agent_day_idx ON flowscribe.conversation_sum
 -- `day` is the analysis's (copied so the per-day views read one index and no join).
 CREATE TABLE flowscribe.conversation_terms (
     analysis_id  uuid NOT NULL,
-    kind         text NOT NULL CHECK (kind IN ('topic', 'intent', 'keyword', 'entity')),
-    term         text NOT NULL,
+    kind         text COLLATE "C" NOT NULL CHECK (kind IN ('topic', 'intent', 'keyword', 'entity')),
+    term         text COLLATE "C" NOT NULL,  -- byte order: fast to index, the same on every server
     mentions     integer NOT NULL,
     day          date NOT NULL,
     PRIMARY KEY (analysis_id, kind, term)
@@ -192,10 +192,10 @@ SELECT s.analysis_id, s.callback_id, s.job_id, s.language_code, s.date_created, 
        s.shouting, s.disgust, s.fear, s.sadness, s.relevance, s.sentiment_score,
        ARRAY(SELECT t.term FROM flowscribe.conversation_terms AS t
              WHERE t.analysis_id = s.analysis_id AND t.kind = 'topic'
-             ORDER BY t.mentions DESC, t.term COLLATE "C") AS topics,
+             ORDER BY t.mentions DESC, t.term) AS topics,
        ARRAY(SELECT t.term FROM flowscribe.conversation_terms AS t
              WHERE t.analysis_id = s.analysis_id AND t.kind = 'intent'
-             ORDER BY t.mentions DESC, t.term COLLATE "C") AS intents
+             ORDER BY t.mentions DESC, t.term) AS intents
 FROM flowscribe.conversation_summaries AS s;
 
 -- Daily averages are means of the conversations' averages: each conversation counts once.
