@@ -18,6 +18,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import itertools
+import os
 import random
 import statistics
 import time
@@ -39,7 +40,7 @@ HISTORY_AGENTS = 50
 HISTORY_TEMPLATES = 32
 HISTORY_END = datetime.datetime(2026, 3, 1, tzinfo=datetime.UTC)
 WINDOW_DAYS = 30
-COST_PAIRS = 3
+COST_PAIRS = 5
 COST_N = 600
 VIEWS = ("conversations", "agent_daily", "sentiment_daily", "topics_daily", "intents_daily", "keywords_daily",
          "entities_daily")
@@ -66,9 +67,11 @@ async def worker_cost(services: Any, bodies: Any, out: Path, n: int) -> dict[str
                 raise RuntimeError(f"drain {name} {i} did not land every callback")
             runs[name].append(r["payloads_per_s"])
     with_, without = statistics.median(runs["with"]), statistics.median(runs["without"])
+    pair_ratios = [round(w / wo, 3) for w, wo in zip(runs["with"], runs["without"], strict=True)]
+    ratio = statistics.median(pair_ratios)
     return {"payloads": n, "pairs": COST_PAIRS, "with_per_s": runs["with"], "without_per_s": runs["without"],
-            "median_with": with_, "median_without": without, "ratio": round(with_ / without, 3),
-            "cost_percent": round(100 * (1 - with_ / without), 1)}
+            "median_with": with_, "median_without": without, "pair_ratios": pair_ratios, "ratio": ratio,
+            "cost_percent": round(100 * (1 - ratio), 1)}
 
 
 # --- 2. the summaries in SQL or in Python ---------------------------------------------------------
@@ -129,21 +132,60 @@ def history_bodies(n: int) -> Iterator[tuple[bytes, datetime.datetime]]:
         yield body, created + datetime.timedelta(minutes=rng.randrange(5, 60))
 
 
+def _backend_cpu_ms(pid: int) -> float:
+    """CPU time (user + system) of a PostgreSQL backend on this machine, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) * 1000 / os.sysconf("SC_CLK_TCK")
+
+
 async def load_history(conn: asyncpg.Connection, n: int) -> dict[str, Any]:
+    """Store ``n`` conversations in batches of 100 through ``write_batch``, as the worker does.
+
+    Every other batch is written without its summaries, which are then written on their own,
+    outside the measurement: per batch, the CPU time of this process (decode + write, as in
+    the worker) and of its PostgreSQL backend, with the summaries and without. CPU time, not
+    wall time, so that the other work on a shared machine does not blur the comparison.
+    """
+    import worker.store
+
+    async def no_summaries(conn: asyncpg.Connection, analysis_ids: list[uuid.UUID]) -> int:
+        return 0
+
+    with_summaries = worker.store.write_summaries
+    backend = conn.get_server_pid()
+    cpu: dict[str, dict[str, list[float]]] = {w: {"worker": [], "database": []} for w in ("with", "without")}
     t = time.monotonic()
     written = 0
     history = history_bodies(n)
-    while batch := [_callback(b, r) for b, r in itertools.islice(history, 100)]:
-        await write_batch(conn, batch)
+    for i in itertools.count():
+        way = "with" if i % 2 == 0 else "without"
+        worker_cpu, database_cpu = time.process_time(), _backend_cpu_ms(backend)
+        batch = [_callback(b, r) for b, r in itertools.islice(history, 100)]
+        if not batch:
+            break
+        worker.store.write_summaries = with_summaries if way == "with" else no_summaries  # type: ignore[assignment]
+        try:
+            await write_batch(conn, batch)
+        finally:
+            worker.store.write_summaries = with_summaries  # type: ignore[assignment]
+        cpu[way]["worker"].append((time.process_time() - worker_cpu) * 1000)
+        cpu[way]["database"].append(_backend_cpu_ms(backend) - database_cpu)
+        if way == "without":
+            async with conn.transaction():
+                await with_summaries(conn, [cb.analysis.ID for cb in batch if cb.analysis is not None])
         written += len(batch)
         if written % 2000 == 0:
             _say(f"  history: {written:,}/{n:,} stored ({written / (time.monotonic() - t):,.0f}/s)")
     seconds = time.monotonic() - t
+    per_batch = {way: {side: round(statistics.fmean(v), 1) for side, v in sides.items()} for way, sides in cpu.items()}
+    total = {way: sum(sides.values()) for way, sides in per_batch.items()}
     await conn.execute("VACUUM ANALYZE")  # what autovacuum does soon after a load
     sizes = dict(await conn.fetch(
         "SELECT c.relname, pg_total_relation_size(c.oid) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
         " WHERE n.nspname = 'flowscribe' AND c.relkind = 'r'"))
     return {"conversations": n, "seconds": round(seconds, 1), "per_s": round(n / seconds, 1),
+            "cpu_ms_per_batch": per_batch, "cpu_ratio": round(total["with"] / total["without"], 3),
+            "database_cpu_ratio": round(per_batch["with"]["database"] / per_batch["without"]["database"], 3),
             "rows": {t: await conn.fetchval(f"SELECT count(*) FROM flowscribe.{t}")
                      for t in ("analyses", "sentences", "sentence_scorings", "sentence_topics",
                                "conversation_summaries", "conversation_terms")},
@@ -321,7 +363,21 @@ def report(r: dict[str, Any]) -> str:
         "|---|---|---:|",
         f"| with summaries | {', '.join(map(str, c['with_per_s']))} | {c['median_with']} |",
         f"| without (`--no-summaries`) | {', '.join(map(str, c['without_per_s']))} | {c['median_without']} |",
-        f"| **with ÷ without** | | **{c['ratio']}** ({c['cost_percent']}% cost) |",
+        f"| **with ÷ without** (median of the pairs' ratios {', '.join(map(str, c['pair_ratios']))}) | |"
+        f" **{c['ratio']}** ({c['cost_percent']}% cost) |",
+        "",
+        "Wall-clock drains on a shared machine vary a lot from run to run; the CPU time of the same"
+        f" work is steadier. While the history below was written (batches of 100 typical callbacks through"
+        " the worker's `write_batch`, every other one without its summaries), CPU ms per batch:",
+        "",
+        "| | worker process (decode + write) | its PostgreSQL backend | total |",
+        "|---|---:|---:|---:|",
+    ]
+    for way, sides in h["cpu_ms_per_batch"].items():
+        lines.append(f"| {way} summaries | {sides['worker']} | {sides['database']} |"
+                     f" {round(sides['worker'] + sides['database'], 1)} |")
+    lines += [
+        f"| **with ÷ without** | | **{h['database_cpu_ratio']}** | **{h['cpu_ratio']}** |",
         "",
         "## The summaries in SQL or in Python",
         "",

@@ -13,20 +13,12 @@ from typing import Any
 
 import asyncpg
 
+from schemas.analytics import SUMMARY_FIGURES
+from schemas.naming import snake_case
 from worker.rows import Callback
 
 # Summary column -> SentenceScoring attribute, in the table's column order.
-FIGURES = {
-    "score_performance": "Score_Performance", "score_empathy": "Score_Empathy",
-    "score_quality": "Score_Quality", "score_ownership": "Score_Ownership",
-    "score_compliments": "Score_Compliments", "score_summary": "Score_Summary",
-    "customer_satisfaction_percentage": "CustomerSatisfactionPercentage",
-    "silence_percentage": "SilencePercentage", "problem_resolution_percentage": "ProblemResolutionPercentage",
-    "customer_effort_percentage": "CustomerEffortPercentage", "customer_average_rating": "CustomerAverageRating",
-    "waiting_time": "WaitingTime", "cross_talking": "CrossTalking", "joy": "Joy", "negativity": "Negativity",
-    "anger": "Anger", "shouting": "Shouting", "disgust": "Disgust", "fear": "Fear", "sadness": "Sadness",
-    "relevance": "Relevance", "sentiment_score": "SentimentScore",
-}
+FIGURES = {snake_case(field): field for field in SUMMARY_FIGURES}
 SUMMARY_COLUMNS = [
     "analysis_id", "callback_id", "job_id", "language_code", "date_created", "received_at", "day", "agent_id",
     "sentences", "agent_sentences", "customer_sentences", "agent_talk_share", "scorings", *FIGURES,

@@ -16,7 +16,7 @@ log = logging.getLogger("flowscribe_ingest")
 
 def _migrate(settings: Settings) -> int:
     from schemas.migrations import migrate
-    from schemas.reporting import UnknownTimeZone
+    from schemas.analytics import UnknownTimeZone
 
     try:
         applied = asyncio.run(migrate(settings.database_url, settings.reporting_time_zone))

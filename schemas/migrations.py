@@ -13,7 +13,7 @@ from importlib import resources
 
 import asyncpg
 
-from schemas.reporting import set_reporting_time_zone
+from schemas.analytics import set_reporting_time_zone
 
 log = logging.getLogger(__name__)
 

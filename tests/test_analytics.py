@@ -21,8 +21,9 @@ import pytest
 
 from bench import payloads
 from schemas.migrations import migrate
-from schemas.reporting import UnknownTimeZone, set_reporting_time_zone
-from tests.support import eventually
+from schemas.naming import snake_case
+from schemas.analytics import SUMMARY_FIGURES, UnknownTimeZone, set_reporting_time_zone
+from tests.support import CliProcess, eventually, service_env
 from tests.test_pipeline import publish_as_gateway
 from worker.decoding import decode_payload
 from worker.rows import Callback
@@ -30,17 +31,7 @@ from worker.store import write_batch
 
 DASHBOARD = Path(__file__).resolve().parent.parent / "deploy" / "grafana-analytics-dashboard.json"
 UTC = datetime.UTC
-FIGURES = {  # view column -> payload field of a scoring
-    "score_performance": "Score_Performance", "score_empathy": "Score_Empathy",
-    "score_quality": "Score_Quality", "score_ownership": "Score_Ownership",
-    "score_compliments": "Score_Compliments", "score_summary": "Score_Summary",
-    "customer_satisfaction_percentage": "CustomerSatisfactionPercentage",
-    "silence_percentage": "SilencePercentage", "problem_resolution_percentage": "ProblemResolutionPercentage",
-    "customer_effort_percentage": "CustomerEffortPercentage", "customer_average_rating": "CustomerAverageRating",
-    "waiting_time": "WaitingTime", "cross_talking": "CrossTalking", "joy": "Joy", "negativity": "Negativity",
-    "anger": "Anger", "shouting": "Shouting", "disgust": "Disgust", "fear": "Fear", "sadness": "Sadness",
-    "relevance": "Relevance", "sentiment_score": "SentimentScore",
-}
+FIGURES = {snake_case(field): field for field in SUMMARY_FIGURES}  # view column -> scoring field
 EMOTIONS = ("sentiment_score", "joy", "negativity", "anger", "shouting", "disgust", "fear", "sadness")
 TERMS = {  # view -> (its term column, payload list, item field)
     "topics_daily": ("topic", "ConversationSentenceTopics", "Topic"),
@@ -211,6 +202,7 @@ def approx(expected: dict[str, Any]) -> dict[str, Any]:
 async def assert_views_match(db: asyncpg.Pool, expected: dict[str, Any]) -> None:
     rows = {r["analysis_id"]: dict(r) for r in await db.fetch("SELECT * FROM flowscribe_analytics.conversations")}
     assert set(rows) == set(expected["conversations"])
+    assert all(set(FIGURES) <= set(row) for row in rows.values())  # every figure is a column
     for analysis_id, want in expected["conversations"].items():
         got = rows[analysis_id]
         assert got == approx({k: got[k] if k == "callback_id" else want[k] for k in got}), analysis_id
@@ -323,7 +315,20 @@ class TestViews:
 
 
 class TestMigration:
-    """Migration 0003 summarises the analyses stored before it."""
+    """Migration 0003 summarises the analyses stored before it; migrate applies the reporting zone."""
+
+    async def test_migrate_applies_the_reporting_zone_or_says_why_not(self, settings, db, reporting_zone):
+        async def migrate_with(zone: str) -> tuple[int, str]:
+            env = service_env(settings, FLOWSCRIBE_REPORTING_TIME_ZONE=zone)
+            process = await CliProcess.start("migrate", env)
+            return await process.exited(), process.output
+
+        code, output = await migrate_with("Mars/Olympus_Mons")
+        assert code == 1 and "FLOWSCRIBE_REPORTING_TIME_ZONE" in output and "Mars/Olympus_Mons" in output
+        assert await db.fetchval("SELECT time_zone FROM flowscribe_analytics.reporting") == "UTC"
+        code, output = await migrate_with("Asia/Kolkata")
+        assert code == 0, output
+        assert await db.fetchval("SELECT time_zone FROM flowscribe_analytics.reporting") == "Asia/Kolkata"
 
     async def test_existing_analyses_get_summaries(self, database_url):
         scratch = database_url.rsplit("/", 1)[0] + "/" + database_url.rsplit("/", 1)[1] + "_backfill"

@@ -1,4 +1,5 @@
-"""The reporting time zone of the analytics views (migration 0003): the zone of their "day".
+"""The analytics views (migration 0003, schema ``flowscribe_analytics``): what their figures
+are, and the reporting time zone, whose calendar days are their "day".
 
 It lives in the database (``flowscribe.reporting``), not in each process, because the
 days are computed when the worker writes a summary and must not depend on which worker
@@ -15,14 +16,18 @@ import asyncpg
 
 log = logging.getLogger(__name__)
 
+# The scoring fields whose per-conversation mean the summaries and the views carry, as
+# columns named in snake_case (``Score_Performance`` -> ``score_performance``).
+SUMMARY_FIGURES = (
+    "Score_Performance", "Score_Empathy", "Score_Quality", "Score_Ownership", "Score_Compliments",
+    "Score_Summary", "CustomerSatisfactionPercentage", "SilencePercentage", "ProblemResolutionPercentage",
+    "CustomerEffortPercentage", "CustomerAverageRating", "WaitingTime", "CrossTalking", "Joy", "Negativity",
+    "Anger", "Shouting", "Disgust", "Fear", "Sadness", "Relevance", "SentimentScore",
+)
+
 
 class UnknownTimeZone(ValueError):
     """PostgreSQL does not know the zone name."""
-
-
-async def reporting_time_zone(conn: asyncpg.Connection) -> str:
-    zone: str = await conn.fetchval("SELECT time_zone FROM flowscribe.reporting")
-    return zone
 
 
 async def set_reporting_time_zone(conn: asyncpg.Connection, zone: str) -> bool:
