@@ -30,9 +30,9 @@ from typing import Any
 import asyncpg
 
 from bench import payloads, summary_python
-from worker.decoding import decode_payload
-from worker.rows import Callback
-from worker.store import write_batch
+from schemas.decoding import decode_payload
+from store.rows import Callback
+from store.batch import write_batch
 
 HISTORY_N = 20_000
 HISTORY_DAYS = 90
@@ -84,7 +84,7 @@ def _callback(body: bytes, received_at: datetime.datetime) -> Callback:
 
 async def sql_or_python(conn: asyncpg.Connection, batches: Iterator[list[Callback]]) -> dict[str, Any]:
     """Rewrite the summaries of each stored batch both ways (rolled back), timed alternately."""
-    from worker.store import write_summaries
+    from store.batch import write_summaries
 
     wall: dict[str, list[float]] = {"sql": [], "python": []}
     cpu: dict[str, list[float]] = {"sql": [], "python": []}
@@ -146,12 +146,12 @@ async def load_history(conn: asyncpg.Connection, n: int) -> dict[str, Any]:
     the worker) and of its PostgreSQL backend, with the summaries and without. CPU time, not
     wall time, so that the other work on a shared machine does not blur the comparison.
     """
-    import worker.store
+    import store.batch
 
     async def no_summaries(conn: asyncpg.Connection, analysis_ids: list[uuid.UUID]) -> int:
         return 0
 
-    with_summaries = worker.store.write_summaries
+    with_summaries = store.batch.write_summaries
     backend = conn.get_server_pid()
     cpu: dict[str, dict[str, list[float]]] = {w: {"worker": [], "database": []} for w in ("with", "without")}
     t = time.monotonic()
@@ -163,11 +163,11 @@ async def load_history(conn: asyncpg.Connection, n: int) -> dict[str, Any]:
         batch = [_callback(b, r) for b, r in itertools.islice(history, 100)]
         if not batch:
             break
-        worker.store.write_summaries = with_summaries if way == "with" else no_summaries  # type: ignore[assignment]
+        store.batch.write_summaries = with_summaries if way == "with" else no_summaries  # type: ignore[assignment]
         try:
             await write_batch(conn, batch)
         finally:
-            worker.store.write_summaries = with_summaries  # type: ignore[assignment]
+            store.batch.write_summaries = with_summaries  # type: ignore[assignment]
         cpu[way]["worker"].append((time.process_time() - worker_cpu) * 1000)
         cpu[way]["database"].append(_backend_cpu_ms(backend) - database_cpu)
         if way == "without":

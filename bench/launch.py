@@ -58,12 +58,12 @@ def _no_per_message_logs() -> None:
 
 def _no_summaries() -> None:
     """The worker as it was before the analytics summaries: the baseline of their cost."""
-    import worker.store
+    import store.batch
 
     async def write_nothing(conn: object, analysis_ids: list[object]) -> int:
         return 0
 
-    worker.store.write_summaries = write_nothing  # type: ignore[assignment]
+    store.batch.write_summaries = write_nothing  # type: ignore[assignment]
 
 
 def main() -> int:

@@ -13,9 +13,9 @@ from typing import Any
 
 import asyncpg
 
-from schemas.analytics import SUMMARY_FIGURES
+from store.analytics import SUMMARY_FIGURES
 from schemas.naming import snake_case
-from worker.rows import Callback
+from store.rows import Callback
 
 # Summary column -> SentenceScoring attribute, in the table's column order.
 FIGURES = {snake_case(field): field for field in SUMMARY_FIGURES}

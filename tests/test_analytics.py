@@ -20,14 +20,14 @@ import asyncpg
 import pytest
 
 from bench import payloads
-from schemas.migrations import migrate
+from store.migrations import migrate
 from schemas.naming import snake_case
-from schemas.analytics import SUMMARY_FIGURES, UnknownTimeZone, set_reporting_time_zone
+from store.analytics import SUMMARY_FIGURES, UnknownTimeZone, set_reporting_time_zone
 from tests.support import CliProcess, eventually, service_env
 from tests.test_pipeline import publish_as_gateway
-from worker.decoding import decode_payload
-from worker.rows import Callback
-from worker.store import write_batch
+from schemas.decoding import decode_payload
+from store.rows import Callback
+from store.batch import write_batch
 
 DASHBOARD = Path(__file__).resolve().parent.parent / "deploy" / "grafana-analytics-dashboard.json"
 UTC = datetime.UTC
