@@ -30,6 +30,7 @@ from typing import Any
 import asyncpg
 
 from bench import payloads, summary_python
+from bench.harness import drain, say
 from schemas.decoding import decode_payload
 from store.rows import Callback
 from store.batch import write_batch
@@ -46,18 +47,10 @@ VIEWS = ("conversations", "agent_daily", "sentiment_daily", "topics_daily", "int
          "entities_daily")
 
 
-def _say(*parts: object) -> None:
-    from bench.__main__ import say
-
-    say(*parts)
-
-
 # --- 1. the worker with and without summaries --------------------------------------------------
 
 
 async def worker_cost(services: Any, bodies: Any, out: Path, n: int) -> dict[str, Any]:
-    from bench.__main__ import drain
-
     runs: dict[str, list[float]] = {"with": [], "without": []}
     for i in range(COST_PAIRS):
         for name, flags in (("with", ()), ("without", ("--no-summaries",))):
@@ -179,7 +172,7 @@ async def load_history(conn: asyncpg.Connection, n: int) -> dict[str, Any]:
                 await with_summaries(conn, [cb.analysis.ID for cb in batch if cb.analysis is not None])
         written += len(batch)
         if written % 2000 == 0:
-            _say(f"  history: {written:,}/{n:,} stored ({written / (time.monotonic() - t):,.0f}/s)")
+            say(f"  history: {written:,}/{n:,} stored ({written / (time.monotonic() - t):,.0f}/s)")
     seconds = time.monotonic() - t
     per_batch = {way: {side: round(statistics.fmean(v), 1) for side, v in sides.items()} for way, sides in cpu.items()}
     total = {way: sum(sides.values()) for way, sides in per_batch.items()}
@@ -279,7 +272,7 @@ async def queries(conn: asyncpg.Connection) -> dict[str, Any]:
             "direct_ms_median": round(statistics.median(direct_ms), 1), "direct_ms_max": round(max(direct_ms), 1),
             "speedup": round(statistics.median(direct_ms) / statistics.median(view_ms), 1),
         }
-        _say(f"  {name}: views {results[name]['views_ms_median']} ms, sentence tables"
+        say(f"  {name}: views {results[name]['views_ms_median']} ms, sentence tables"
              f" {results[name]['direct_ms_median']} ms ({results[name]['speedup']}x), {len(view_rows)} rows,"
              f" same figures: {results[name]['same_figures']}")
     return results
@@ -323,28 +316,28 @@ async def samples(conn: asyncpg.Connection) -> dict[str, list[dict[str, Any]]]:
 # --- the phase ------------------------------------------------------------------------------------
 
 
-async def run(services: Any, cfg: Any, bodies: Any, out: Path) -> dict[str, Any]:
+async def run(services: Any, bodies: Any, out: Path, quick: bool = False) -> dict[str, Any]:
     results: dict[str, Any] = {}
-    _say(f"analytics 1/3: worker with and without summaries, {COST_PAIRS} pairs of {COST_N} typical")
-    full = cfg.name == "full"
+    full = not quick
+    say(f"analytics 1/3: worker with and without summaries, {COST_PAIRS} pairs of {COST_N} typical")
     results["worker_cost"] = await worker_cost(services, bodies, out, COST_N if full else COST_N // 4)
-    _say(f"  with summaries {results['worker_cost']['median_with']}/s, without"
+    say(f"  with summaries {results['worker_cost']['median_with']}/s, without"
          f" {results['worker_cost']['median_without']}/s: ratio {results['worker_cost']['ratio']}")
     await services.reset()
     n = HISTORY_N if full else HISTORY_N // 10
-    _say(f"analytics 2/3: a history of {n:,} typical conversations, {HISTORY_DAYS} days, {HISTORY_AGENTS} agents")
+    say(f"analytics 2/3: a history of {n:,} typical conversations, {HISTORY_DAYS} days, {HISTORY_AGENTS} agents")
     conn = await asyncpg.connect(services.database_url)
     try:
         results["history"] = await load_history(conn, n)
-        _say(f"  stored in {results['history']['seconds']} s; queries over {WINDOW_DAYS} days")
+        say(f"  stored in {results['history']['seconds']} s; queries over {WINDOW_DAYS} days")
         results["queries"] = await queries(conn)
         results["samples"] = await samples(conn)
-        _say("analytics 3/3: the summaries in SQL or in Python, batches of 100 stored typical callbacks")
+        say("analytics 3/3: the summaries in SQL or in Python, batches of 100 stored typical callbacks")
         stored = history_bodies(n)
         batches = ([_callback(b, r) for b, r in itertools.islice(stored, 100)] for _ in range(20))
         # The same analyses as stored (decoded again: new callback ids, which the summaries only copy).
         results["sql_or_python"] = await sql_or_python(conn, batches)
-        _say(f"  {results['sql_or_python']}")
+        say(f"  {results['sql_or_python']}")
     finally:
         await conn.close()
     (out / "ANALYTICS.md").write_text(report(results))

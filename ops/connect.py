@@ -19,7 +19,7 @@ from runtime.amqp import connection_url
 from runtime.settings import Settings, redact_url
 from ops.errors import OpsError
 from schemas.topology import Topology, declare
-from worker.failures import describe
+from runtime.errors import describe
 
 CONNECT_TIMEOUT = 10.0
 

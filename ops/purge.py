@@ -10,7 +10,8 @@ import argparse
 
 from runtime.settings import Settings
 from ops import connect
-from ops.dead_letters import DeadLetter, DeadLetterQueue
+from ops.dead_letters import DeadLetterQueue
+from ops.letters import DeadLetter
 from ops.errors import OpsError
 from ops.inspection import LIST_COLUMNS, table_row
 from ops.render import Console, confirm, table

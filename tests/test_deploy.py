@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from flowscribe_ingest.cli import COMMANDS, build_parser
-from runtime.metrics import WorkerMetrics
+from worker.metrics import WorkerMetrics
 from runtime.settings import Settings
 from gateway.app import create_app as create_gateway_app
 from schemas import topology

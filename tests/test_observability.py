@@ -18,7 +18,8 @@ from aiohttp.test_utils import TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
 from runtime import logs
-from runtime.metrics import OUTCOMES, GatewayMetrics, WorkerMetrics
+from gateway.metrics import GatewayMetrics
+from worker.metrics import OUTCOMES, WorkerMetrics
 from gateway.app import create_app
 from gateway.publisher import PublishFailed
 from tests.conftest import TABLES
