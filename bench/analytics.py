@@ -15,6 +15,7 @@ Not part of the full run (it adds minutes); its report is ``ANALYTICS.md`` in th
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import hashlib
 import itertools
@@ -32,7 +33,7 @@ import asyncpg
 from bench import payloads, summary_python
 from bench.harness import drain, say
 from schemas.decoding import decode_payload
-from store.rows import Callback
+from schemas.message import Callback
 from store.batch import write_batch
 
 HISTORY_N = 20_000
@@ -160,11 +161,11 @@ async def load_history(conn: asyncpg.Connection, n: int) -> dict[str, Any]:
         batch = [_callback(b, r) for b, r in itertools.islice(history, 100)]
         if not batch:
             break
-        store.batch.write_summaries = with_summaries if way == "with" else no_summaries  # type: ignore[assignment]
+        store.batch.write_summaries = with_summaries if way == "with" else no_summaries
         try:
             await write_batch(conn, batch)
         finally:
-            store.batch.write_summaries = with_summaries  # type: ignore[assignment]
+            store.batch.write_summaries = with_summaries
         cpu[way]["worker"].append((time.process_time() - worker_cpu) * 1000)
         cpu[way]["database"].append(_backend_cpu_ms(backend) - database_cpu)
         if way == "without":
@@ -192,10 +193,17 @@ async def load_history(conn: asyncpg.Connection, n: int) -> dict[str, Any]:
 _DAY = "(coalesce(a.date_created, a.received_at) AT TIME ZONE 'UTC')::date"
 _FIGURES = list(summary_python.FIGURES)
 
+@dataclasses.dataclass(frozen=True)
+class Query:
+    views: str  # on the analytics views
+    direct: str  # the same figures from the sentence-level tables
+    key: tuple[str, ...]  # what identifies a row of either
+
+
 QUERIES = {
-    "scorecard": {
-        "views": "SELECT * FROM flowscribe_analytics.agent_daily WHERE day >= $1 AND day < $2",
-        "direct": f"""
+    "scorecard": Query(
+        views="SELECT * FROM flowscribe_analytics.agent_daily WHERE day >= $1 AND day < $2",
+        direct=f"""
             WITH conv AS (
                 SELECT a.id, {_DAY} AS day FROM flowscribe.analyses AS a
                 WHERE {_DAY} >= $1 AND {_DAY} < $2
@@ -219,17 +227,17 @@ QUERIES = {
                    {", ".join(f"avg(scores.{f}) AS {f}" for f in _FIGURES)}
             FROM conv JOIN scores ON scores.analysis_id = conv.id JOIN talk ON talk.analysis_id = conv.id
             GROUP BY scores.agent_id, conv.day""",
-        "key": ("agent_id", "day"),
-    },
-    "topic trend": {
-        "views": "SELECT * FROM flowscribe_analytics.topics_daily WHERE day >= $1 AND day < $2",
-        "direct": f"""
+        key=("agent_id", "day"),
+    ),
+    "topic trend": Query(
+        views="SELECT * FROM flowscribe_analytics.topics_daily WHERE day >= $1 AND day < $2",
+        direct=f"""
             SELECT {_DAY} AS day, t.topic, count(*) AS mentions, count(DISTINCT t.analysis_id) AS conversations
             FROM flowscribe.analyses AS a JOIN flowscribe.sentence_topics AS t ON t.analysis_id = a.id
             WHERE {_DAY} >= $1 AND {_DAY} < $2 AND t.topic IS NOT NULL
             GROUP BY 1, 2""",
-        "key": ("day", "topic"),
-    },
+        key=("day", "topic"),
+    ),
 }
 
 
@@ -249,7 +257,9 @@ def _same(view_rows: list[asyncpg.Record], direct_rows: list[asyncpg.Record], ke
     return True
 
 
-async def _timed(conn: asyncpg.Connection, sql: str, args: tuple[Any, ...], repeats: int) -> tuple[list[float], list[asyncpg.Record]]:
+async def _timed(
+    conn: asyncpg.Connection, sql: str, args: tuple[Any, ...], repeats: int
+) -> tuple[list[float], list[asyncpg.Record]]:
     rows = await conn.fetch(sql, *args)  # warm: the cache and the plan
     ms = []
     for _ in range(repeats):
@@ -264,10 +274,10 @@ async def queries(conn: asyncpg.Connection) -> dict[str, Any]:
     args = (end - datetime.timedelta(days=WINDOW_DAYS), end)
     results = {}
     for name, q in QUERIES.items():
-        view_ms, view_rows = await _timed(conn, q["views"], args, 30)
-        direct_ms, direct_rows = await _timed(conn, q["direct"], args, 5)
+        view_ms, view_rows = await _timed(conn, q.views, args, 30)
+        direct_ms, direct_rows = await _timed(conn, q.direct, args, 5)
         results[name] = {
-            "rows": len(view_rows), "same_figures": _same(view_rows, direct_rows, q["key"]),
+            "rows": len(view_rows), "same_figures": _same(view_rows, direct_rows, q.key),
             "views_ms_median": round(statistics.median(view_ms), 2), "views_ms_max": round(max(view_ms), 2),
             "direct_ms_median": round(statistics.median(direct_ms), 1), "direct_ms_max": round(max(direct_ms), 1),
             "speedup": round(statistics.median(direct_ms) / statistics.median(view_ms), 1),
@@ -284,9 +294,11 @@ SAMPLES = {
                      " AS score_performance, round(silence_percentage::numeric, 2) AS silence_percentage,"
                      " round(sentiment_score::numeric, 3) AS sentiment_score, topics, intents"
                      " FROM flowscribe_analytics.conversations ORDER BY date_created DESC LIMIT 3",
-    "agent_daily": "SELECT agent_id, day, conversations, sentences, round(agent_talk_share::numeric, 3) AS agent_talk_share,"
+    "agent_daily": "SELECT agent_id, day, conversations, sentences,"
+                   " round(agent_talk_share::numeric, 3) AS agent_talk_share,"
                    " round(score_performance::numeric, 2) AS score_performance, round(score_empathy::numeric, 2) AS"
-                   " score_empathy, round(customer_satisfaction_percentage::numeric, 1) AS customer_satisfaction_percentage,"
+                   " score_empathy, round(customer_satisfaction_percentage::numeric, 1)"
+                   " AS customer_satisfaction_percentage,"
                    " round(silence_percentage::numeric, 1) AS silence_percentage, round(cross_talking::numeric, 3) AS"
                    " cross_talking FROM flowscribe_analytics.agent_daily WHERE day = $1 ORDER BY conversations DESC,"
                    " agent_id LIMIT 5",
@@ -364,7 +376,7 @@ def report(r: dict[str, Any]) -> str:
         f" **{c['ratio']}** ({c['cost_percent']}% cost) |",
         "",
         "Wall-clock drains on a shared machine vary a lot from run to run; the CPU time of the same"
-        f" work is steadier. While the history below was written (batches of 100 typical callbacks through"
+        " work is steadier. While the history below was written (batches of 100 typical callbacks through"
         " the worker's `write_batch`, every other one without its summaries), CPU ms per batch:",
         "",
         "| | worker process (decode + write) | its PostgreSQL backend | total |",

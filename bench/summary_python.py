@@ -13,9 +13,9 @@ from typing import Any
 
 import asyncpg
 
-from store.analytics import SUMMARY_FIGURES
+from schemas.message import Callback
 from schemas.naming import snake_case
-from store.rows import Callback
+from store.analytics import SUMMARY_FIGURES
 
 # Summary column -> SentenceScoring attribute, in the table's column order.
 FIGURES = {snake_case(field): field for field in SUMMARY_FIGURES}

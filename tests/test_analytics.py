@@ -20,14 +20,14 @@ import asyncpg
 import pytest
 
 from bench import payloads
-from store.migrations import migrate
+from schemas.decoding import decode_payload
+from schemas.message import Callback
 from schemas.naming import snake_case
 from store.analytics import SUMMARY_FIGURES, UnknownTimeZone, set_reporting_time_zone
+from store.batch import write_batch
+from store.migrations import migrate
 from tests.support import CliProcess, eventually, service_env
 from tests.test_pipeline import publish_as_gateway
-from schemas.decoding import decode_payload
-from store.rows import Callback
-from store.batch import write_batch
 
 DASHBOARD = Path(__file__).resolve().parent.parent / "deploy" / "grafana-analytics-dashboard.json"
 UTC = datetime.UTC
@@ -207,7 +207,8 @@ async def assert_views_match(db: asyncpg.Pool, expected: dict[str, Any]) -> None
         got = rows[analysis_id]
         assert got == approx({k: got[k] if k == "callback_id" else want[k] for k in got}), analysis_id
 
-    agent_daily = {(r["agent_id"], r["day"]): dict(r) for r in await db.fetch("SELECT * FROM flowscribe_analytics.agent_daily")}
+    agent_daily = {(r["agent_id"], r["day"]): dict(r)
+                   for r in await db.fetch("SELECT * FROM flowscribe_analytics.agent_daily")}
     assert set(agent_daily) == set(expected["agent_daily"])
     for key, want in expected["agent_daily"].items():
         got = {k: v for k, v in agent_daily[key].items() if k not in ("agent_id", "day")}
