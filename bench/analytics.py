@@ -22,6 +22,7 @@ import itertools
 import os
 import random
 import statistics
+import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -328,8 +329,15 @@ async def samples(conn: asyncpg.Connection) -> dict[str, list[dict[str, Any]]]:
 # --- the phase ------------------------------------------------------------------------------------
 
 
+def _commit() -> str:
+    git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                         cwd=Path(__file__).parent, check=False)
+    return git.stdout.strip() or "unknown"
+
+
 async def run(services: Any, bodies: Any, out: Path, quick: bool = False) -> dict[str, Any]:
-    results: dict[str, Any] = {}
+    when = datetime.datetime.now(datetime.UTC).isoformat(timespec="minutes")
+    results: dict[str, Any] = {"code": _commit(), "when": when}
     full = not quick
     say(f"analytics 1/3: worker with and without summaries, {COST_PAIRS} pairs of {COST_N} typical")
     results["worker_cost"] = await worker_cost(services, bodies, out, COST_N if full else COST_N // 4)
@@ -361,7 +369,8 @@ def report(r: dict[str, Any]) -> str:
     lines = [
         "# Analytics views: what they cost, what they save",
         "",
-        "`python -m bench --only analytics` (bench/analytics.py); one run, every figure beside its baseline.",
+        "`python -m bench --only analytics` (bench/analytics.py); one run, every figure beside its baseline."
+        f" Commit {r['code']}, {r['when']}, on a 2-core machine shared with other work (see each section).",
         "",
         "## The worker with the summaries against without",
         "",
