@@ -36,6 +36,7 @@ from bench.harness import drain, say
 from schemas.decoding import decode_payload
 from schemas.message import Callback
 from store.batch import write_batch
+from store.connection import Connection
 
 HISTORY_N = 20_000
 HISTORY_DAYS = 90
@@ -147,7 +148,7 @@ async def load_history(conn: asyncpg.Connection, n: int) -> dict[str, Any]:
     """
     import store.batch
 
-    async def no_summaries(conn: asyncpg.Connection, analysis_ids: list[uuid.UUID]) -> int:
+    async def no_summaries(conn: Connection, analysis_ids: list[uuid.UUID]) -> int:
         return 0
 
     with_summaries = store.batch.write_summaries
@@ -179,9 +180,9 @@ async def load_history(conn: asyncpg.Connection, n: int) -> dict[str, Any]:
     per_batch = {way: {side: round(statistics.fmean(v), 1) for side, v in sides.items()} for way, sides in cpu.items()}
     total = {way: sum(sides.values()) for way, sides in per_batch.items()}
     await conn.execute("VACUUM ANALYZE")  # what autovacuum does soon after a load
-    sizes = dict(await conn.fetch(
-        "SELECT c.relname, pg_total_relation_size(c.oid) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
-        " WHERE n.nspname = 'flowscribe' AND c.relkind = 'r'"))
+    sizes = {r["relname"]: r["size"] for r in await conn.fetch(
+        "SELECT c.relname, pg_total_relation_size(c.oid) AS size FROM pg_class c"
+        " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'flowscribe' AND c.relkind = 'r'")}
     return {"conversations": n, "seconds": round(seconds, 1), "per_s": round(n / seconds, 1),
             "cpu_ms_per_batch": per_batch, "cpu_ratio": round(total["with"] / total["without"], 3),
             "database_cpu_ratio": round(per_batch["with"]["database"] / per_batch["without"]["database"], 3),

@@ -14,6 +14,8 @@ import logging
 
 import asyncpg
 
+from store.connection import Connection
+
 log = logging.getLogger(__name__)
 
 # The scoring fields whose per-conversation mean the summaries and the views carry, as
@@ -30,7 +32,7 @@ class UnknownTimeZone(ValueError):
     """PostgreSQL does not know the zone name."""
 
 
-async def set_reporting_time_zone(conn: asyncpg.Connection, zone: str) -> bool:
+async def set_reporting_time_zone(conn: Connection, zone: str) -> bool:
     """Make ``zone`` the reporting time zone; True if it changed (every stored day was moved)."""
     try:
         async with conn.transaction():

@@ -207,7 +207,7 @@ async def assert_views_match(db: asyncpg.Pool, expected: dict[str, Any]) -> None
         got = rows[analysis_id]
         assert got == approx({k: got[k] if k == "callback_id" else want[k] for k in got}), analysis_id
 
-    agent_daily = {(r["agent_id"], r["day"]): dict(r)
+    agent_daily: dict[tuple[Any, Any], dict[str, Any]] = {(r["agent_id"], r["day"]): dict(r)
                    for r in await db.fetch("SELECT * FROM flowscribe_analytics.agent_daily")}
     assert set(agent_daily) == set(expected["agent_daily"])
     for key, want in expected["agent_daily"].items():
@@ -219,10 +219,10 @@ async def assert_views_match(db: asyncpg.Pool, expected: dict[str, Any]) -> None
         d: approx(w) for d, w in expected["sentiment_daily"].items()}
 
     for name, (column, _, _) in TERMS.items():
-        got = {(r["day"], r[column]): {"mentions": r["mentions"], "conversations": r["conversations"]}
-               for r in await db.fetch(f"SELECT * FROM flowscribe_analytics.{name}")}
-        assert got == expected[name], name
-        assert got, name  # the payloads do mention terms of every kind
+        daily = {(r["day"], r[column]): {"mentions": r["mentions"], "conversations": r["conversations"]}
+                 for r in await db.fetch(f"SELECT * FROM flowscribe_analytics.{name}")}
+        assert daily == expected[name], name
+        assert daily, name  # the payloads do mention terms of every kind
 
 
 # --- sending ----------------------------------------------------------------------------------
@@ -239,7 +239,7 @@ async def send_through_worker(db: asyncpg.Pool, broker: Any, start_worker: Any, 
         return await db.fetchval("SELECT count(*) FROM flowscribe.callbacks") == len(sent)
 
     await eventually(all_processed, what="every callback processed")
-    return dict(await db.fetch("SELECT id::text, outcome FROM flowscribe.callbacks"))
+    return {r["id"]: r["outcome"] for r in await db.fetch("SELECT id::text, outcome FROM flowscribe.callbacks")}
 
 
 def received_times(sent: list[Sent]) -> dict[str, datetime.datetime]:
@@ -290,7 +290,7 @@ class TestViews:
             return await db.fetchval("SELECT count(*) FROM flowscribe.callbacks") == len(sent) + 1
 
         await eventually(landed, what="the later callback")
-        await assert_views_match(db, oracle(stored + [later], received_times(sent + more), "America/New_York"))
+        await assert_views_match(db, oracle([*stored, later], received_times(sent + more), "America/New_York"))
 
     async def test_an_unknown_zone_is_refused_and_changes_nothing(self, db, reporting_zone):
         async with db.acquire() as conn:
@@ -418,4 +418,4 @@ class TestDashboard:
                     rows = await db.fetch(grafana_sql(target["rawSql"], interval))
                     assert rows, (panel["title"], interval)
                     if target["format"] == "time_series":
-                        assert "time" in rows[0].keys(), panel["title"]
+                        assert "time" in rows[0], panel["title"]
