@@ -148,8 +148,8 @@ async def load_history(conn: asyncpg.Connection, n: int) -> dict[str, Any]:
     """
     import store.batch
 
-    async def no_summaries(conn: Connection, analysis_ids: list[uuid.UUID]) -> int:
-        return 0
+    async def no_summaries(conn: Connection, analysis_ids: list[uuid.UUID]) -> dict[str, int]:
+        return {}
 
     with_summaries = store.batch.write_summaries
     backend = conn.get_server_pid()

@@ -60,8 +60,8 @@ def _no_summaries() -> None:
     """The worker as it was before the analytics summaries: the baseline of their cost."""
     import store.batch
 
-    async def write_nothing(conn: object, analysis_ids: list[object]) -> int:
-        return 0
+    async def write_nothing(conn: object, analysis_ids: list[object]) -> dict[str, int]:
+        return {}
 
     store.batch.write_summaries = write_nothing  # type: ignore[assignment]
 

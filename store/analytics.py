@@ -14,6 +14,7 @@ import logging
 
 import asyncpg
 
+from store.batch import lock, lock_key, write_summaries
 from store.connection import Connection
 
 log = logging.getLogger(__name__)
@@ -42,3 +43,33 @@ async def set_reporting_time_zone(conn: Connection, zone: str) -> bool:
     if changed:
         log.info("reporting time zone changed", extra={"time_zone": zone})
     return changed
+
+
+# Stored analyses without a summary, and summaries of analyses no longer stored.
+_OUT_OF_STEP = """
+    SELECT a.id FROM flowscribe.analyses AS a
+    WHERE NOT EXISTS (SELECT 1 FROM flowscribe.conversation_summaries AS s WHERE s.analysis_id = a.id)
+    UNION ALL
+    SELECT s.analysis_id FROM flowscribe.conversation_summaries AS s
+    WHERE NOT EXISTS (SELECT 1 FROM flowscribe.analyses AS a WHERE a.id = s.analysis_id)
+"""
+
+
+async def summarise_missing(conn: Connection, chunk: int = 500) -> int:
+    """Bring the summaries in step with the stored analyses; the number of analyses put right.
+
+    Workers write an analysis's summary with its rows, but a worker of a version from before
+    migration 0003 does not: during a rolling upgrade, analyses stored by old workers after
+    the migration have none. ``migrate`` runs this every time (with nothing out of step, one
+    anti-join on primary keys). Each chunk holds its analyses' advisory locks, as a worker
+    writing one of them would, so the two never race on a summary.
+    """
+    ids = [r["id"] for r in await conn.fetch(_OUT_OF_STEP)]
+    for start in range(0, len(ids), chunk):
+        part = ids[start:start + chunk]
+        async with conn.transaction():
+            await lock(conn, sorted(lock_key("analysis", analysis_id) for analysis_id in part))
+            await write_summaries(conn, part)
+    if ids:
+        log.info("analytics summaries brought in step", extra={"analyses": len(ids)})
+    return len(ids)

@@ -13,7 +13,7 @@ from importlib import resources
 
 import asyncpg
 
-from store.analytics import set_reporting_time_zone
+from store.analytics import set_reporting_time_zone, summarise_missing
 
 log = logging.getLogger("schemas.migrations")  # the name in the log schema, from before the move
 
@@ -87,6 +87,7 @@ async def migrate(dsn: str, reporting_time_zone: str = "") -> list[str]:
             log.info("migration applied", extra={"version": version})
         if reporting_time_zone:
             await set_reporting_time_zone(conn, reporting_time_zone)
+        await summarise_missing(conn)
     finally:
         await conn.close()
     return applied_now

@@ -355,6 +355,21 @@ class TestMigration:
             after = [dict(r) for r in await conn.fetch(
                 "SELECT * FROM flowscribe_analytics.conversations ORDER BY analysis_id")]
             assert len(after) == len(stored) and after == before
+
+            # Analyses stored by workers from before 0003 (a rolling upgrade): the next migrate
+            # summarises them, and drops a summary whose analysis is gone.
+            await conn.execute("DELETE FROM flowscribe.conversation_summaries WHERE analysis_id IN"
+                               " (SELECT analysis_id FROM flowscribe.conversation_summaries LIMIT 3)")
+            await conn.execute("""
+                CREATE TEMPORARY TABLE orphan AS SELECT * FROM flowscribe.conversation_summaries LIMIT 1;
+                UPDATE orphan SET analysis_id = gen_random_uuid();
+                INSERT INTO flowscribe.conversation_summaries SELECT * FROM orphan;
+            """)
+            assert await conn.fetchval("SELECT count(*) FROM flowscribe.conversation_summaries") == len(stored) - 2
+            assert await migrate(scratch) == []
+            again = [dict(r) for r in await conn.fetch(
+                "SELECT * FROM flowscribe_analytics.conversations ORDER BY analysis_id")]
+            assert again == before
         finally:
             await conn.close()
             admin = await asyncpg.connect(database_url)

@@ -73,9 +73,10 @@ CREATE INDEX conversation_terms_kind_day_idx ON flowscribe.conversation_terms (k
 
 -- (Re)write the summaries of the given analyses from their stored rows; an id with no stored
 -- analysis loses its summary. The worker calls it for every analysis it stores, after its rows.
+-- Returns the rows written to each table (the worker counts them in its metrics).
 -- The reporting row is read FOR SHARE: a change of zone waits for writers in flight (and they
 -- for it), so no summary keeps a day of the old zone.
-CREATE FUNCTION flowscribe.summarise(ids uuid[]) RETURNS void
+CREATE FUNCTION flowscribe.summarise(ids uuid[], OUT summaries integer, OUT terms integer)
 LANGUAGE plpgsql AS $$
 DECLARE
     zone text;
@@ -119,6 +120,7 @@ BEGIN
         FROM flowscribe.sentence_scorings AS c WHERE c.analysis_id = a.id
     ) AS sc
     WHERE a.id = ANY (ids);
+    GET DIAGNOSTICS summaries = ROW_COUNT;
 
     INSERT INTO flowscribe.conversation_terms (analysis_id, kind, term, mentions, day)
     SELECT d.analysis_id, t.kind, t.term, t.mentions, d.day
@@ -141,6 +143,7 @@ BEGIN
         WHERE x.analysis_id = d.analysis_id AND x.entity_name IS NOT NULL GROUP BY x.entity_name
     ) AS t
     WHERE d.analysis_id = ANY (ids);
+    GET DIAGNOSTICS terms = ROW_COUNT;
 END
 $$;
 
@@ -172,7 +175,7 @@ BEGIN
 END
 $$;
 
-SELECT flowscribe.summarise(ARRAY(SELECT id FROM flowscribe.analyses));
+SELECT * FROM flowscribe.summarise(ARRAY(SELECT id FROM flowscribe.analyses));
 
 -- Version 1 of the contract. Every view and column is documented in the README.
 CREATE SCHEMA flowscribe_analytics;
