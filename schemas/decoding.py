@@ -28,7 +28,7 @@ from lxml import etree
 
 from schemas.payload import Payload
 
-__all__ = ["MAX_JSON_DEPTH", "PayloadDecodeError", "decode_payload"]
+__all__ = ["MAX_JSON_DEPTH", "PayloadDecodeError", "decode_payload", "parse_xml"]
 
 
 class PayloadDecodeError(Exception):
@@ -201,7 +201,12 @@ class _XmlValueError(Exception):
         self.reason, self.path = reason, [where]
 
 
-def _decode_xml(body: bytes) -> Payload:
+def parse_xml(body: bytes) -> Any:
+    """The body's root element, parsed with the hardened settings; raises only PayloadDecodeError.
+
+    Public for the schema-drift check (schemas.drift), which reads the same tree
+    the decoder reads, never a more trusting one.
+    """
     # A DataContract body never has a DTD, and a DTD is how every entity attack
     # starts; this catches it before parsing in UTF-8. Other encodings (UTF-16)
     # reach the parser, whose settings keep entities unexpanded and offline, and
@@ -216,6 +221,11 @@ def _decode_xml(body: bytes) -> Payload:
     info = root.getroottree().docinfo
     if info.doctype or info.internalDTD is not None or info.externalDTD is not None:
         raise _error("invalid XML payload: DOCTYPE/DTD or entity declarations are not allowed")
+    return root
+
+
+def _decode_xml(body: bytes) -> Payload:
+    root = parse_xml(body)
     try:
         obj = _xml_object(root, _XML_PLAN)
     except _XmlValueError as e:
