@@ -15,6 +15,7 @@ import sys
 import textwrap
 from typing import Any
 
+import console
 import gateway
 import worker
 from ops import commands as ops_commands
@@ -30,6 +31,9 @@ COMMANDS = {
                 gateway.SETTINGS_READ),
     "worker": ("flowscribe_ingest.commands:worker", "consume callbacks into PostgreSQL until SIGTERM/SIGINT",
                worker.SETTINGS_READ),
+    "console": ("flowscribe_ingest.commands:console",
+                "serve the operator's console (a web UI, default 127.0.0.1:8090) until SIGTERM/SIGINT",
+                console.SETTINGS_READ),
 }
 
 

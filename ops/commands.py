@@ -146,6 +146,7 @@ def add_parsers(sub: argparse._SubParsersAction[Any]) -> None:
     )
     p.add_argument("--since", type=_when, metavar="WHEN", help="received at or after WHEN (ISO 8601 or 30m, 2h, 7d)")
     p.add_argument("--until", type=_when, metavar="WHEN", help="received before WHEN")
+    p.add_argument("--id", type=_uuid, action="append", metavar="UUID", help="this callback (message id; repeatable)")
     p.add_argument("--analysis-id", type=_uuid, action="append", metavar="UUID", help="this analysis (repeatable)")
     p.add_argument("--outcome", choices=RECORDED, action="append", help="callbacks with this outcome (repeatable)")
     p.add_argument("--all", action="store_true", dest="every", help="every stored callback")
@@ -189,8 +190,8 @@ def _prepare(args: argparse.Namespace) -> None:
     if args.command in ("drift", "prune"):
         return
     if args.command == "reprocess":
-        if not (args.since or args.until or args.analysis_id or args.outcome or args.every):
-            raise UsageError("say which callbacks: --since/--until, --analysis-id, --outcome, or --all")
+        if not (args.since or args.until or args.id or args.analysis_id or args.outcome or args.every):
+            raise UsageError("say which callbacks: --since/--until, --id, --analysis-id, --outcome, or --all")
         return
     ids = getattr(args, "ids", None) or ([args.id] if getattr(args, "id", None) else [])
     args.selector = Selector(

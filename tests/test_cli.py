@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+import console
 import gateway
 import worker
 from flowscribe_ingest.cli import build_parser
@@ -46,7 +47,7 @@ def settings_read_by(package: str) -> set[str]:
     return {DERIVED.get(name, name) for name in names} - {"public", "from_env"}
 
 
-@pytest.mark.parametrize("process", [gateway, worker], ids=lambda p: p.__name__)
+@pytest.mark.parametrize("process", [gateway, worker, console], ids=lambda p: p.__name__)
 def test_a_process_lists_every_setting_its_code_reads(process):
     listed = set(process.SETTINGS_READ)
     assert listed <= set(FIELDS), listed - set(FIELDS)
@@ -54,10 +55,10 @@ def test_a_process_lists_every_setting_its_code_reads(process):
     assert not unlisted, f"add {sorted(unlisted)} to {process.__name__}.SETTINGS_READ (its --help lists them)"
 
 
-@pytest.mark.parametrize("command", ["gateway", "worker"])
+@pytest.mark.parametrize("command", ["gateway", "worker", "console"])
 def test_process_help_lists_its_settings_with_defaults(command, capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args([command, "--help"])
     shown = capsys.readouterr().out
-    for name in {"gateway": gateway, "worker": worker}[command].SETTINGS_READ:
+    for name in {"gateway": gateway, "worker": worker, "console": console}[command].SETTINGS_READ:
         assert re.search(rf"{FIELDS[name].metadata['env']}  \(default: ", shown), name
