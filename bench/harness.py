@@ -339,8 +339,13 @@ async def phase_gateway(services: Services, cfg: Config, bodies: Bodies, out: Pa
     gateway, gw_port = start_gateway(services, out, "gateway")
     multi, multi_port = start_gateway(services, out, "gateway-processes", gateway_processes=GATEWAY_PROCESSES)
     noop, noop_port = start_gateway(services, out, "gateway-noop-publish", "--noop-publish")
-    servers = (("http_ceiling", noop_port, noop), ("gateway", gw_port, gateway),
-               ("gateway_processes", multi_port, multi))
+    servers: tuple[tuple[str, int, Proc], ...] = (
+        ("http_ceiling", noop_port, noop), ("gateway", gw_port, gateway), ("gateway_processes", multi_port, multi))
+    if os.environ.get("BENCH_GUNICORN"):
+        # An evaluation beside the product's own supervisor, interleaved with it (bench/README.md).
+        gunicorn, gunicorn_port = start_gateway(services, out, "gateway-gunicorn", "--gunicorn",
+                                                gateway_processes=GATEWAY_PROCESSES)
+        servers += (("gateway_gunicorn", gunicorn_port, gunicorn),)
     try:
         for size in payloads.SIZES:
             conns = cfg.concurrency[size]
@@ -348,8 +353,7 @@ async def phase_gateway(services: Services, cfg: Config, bodies: Bodies, out: Pa
             say(f"gateway {size}: {bodies.mean_bytes(size):,} B bodies, {conns} connections")
             r: dict[str, Any] = {"bytes": body.stat().st_size, "connections": conns}
             runs: dict[str, list[dict[str, Any]]] = {
-                label: [] for label in ("http_ceiling", "gateway", "gateway_processes",
-                                        "broker_ceiling", "broker_ceiling_processes")}
+                label: [] for label in (*(s[0] for s in servers), "broker_ceiling", "broker_ceiling_processes")}
             for rep in range(cfg.repeats):
                 for label, port, proc in servers:
                     url = f"http://127.0.0.1:{port}{CALLBACK}{services.token}"
@@ -373,9 +377,8 @@ async def phase_gateway(services: Services, cfg: Config, bodies: Bodies, out: Pa
                 r[label] = _mean_run(xs)
             results[size] = r
     finally:
-        gateway.stop()
-        multi.stop()
-        noop.stop()
+        for _label, _port, proc in servers:
+            proc.stop()
     results["gateway_peak_rss_mb"] = round(gateway.peak_rss / 2**20, 1)
     results["gateway_processes_peak_rss_mb"] = round(multi.peak_rss / 2**20, 1)
     results["noop_peak_rss_mb"] = round(noop.peak_rss / 2**20, 1)
