@@ -318,15 +318,15 @@ class TestRequiredIds:
 
 
 class TestTimestamps:
-    """Offsets are kept, Z is UTC, no offset is taken as UTC, 7 fractional digits are read."""
+    """Offsets are kept, Z is UTC, no offset is taken as UTC, 7 fractional digits are truncated."""
 
     CASES = (
         ("2025-12-06T05:17:57.308584+00:00", SAMPLE_TIME),
         ("2025-12-06T07:17:57.308584+02:00", SAMPLE_TIME),
         ("2025-12-06T05:17:57.308584Z", SAMPLE_TIME),
         ("2025-12-06T05:17:57.308584", SAMPLE_TIME),
-        ("2025-12-06T05:17:57.3085841", SAMPLE_TIME),  # .NET ticks: 7 digits, the 7th rounded away
-        ("2025-12-06T05:17:57.3085838-00:00", SAMPLE_TIME),
+        ("2025-12-06T05:17:57.3085841", SAMPLE_TIME),  # .NET ticks: 7 digits, the 7th truncated
+        ("2025-12-06T05:17:57.3085849-00:00", SAMPLE_TIME),  # never rounded (see test_edge_dates)
         ("2025-12-06T05:17:57", SAMPLE_TIME.replace(microsecond=0)),
     )
 
