@@ -97,7 +97,8 @@ def xml_attacks(port: int, secret_file: str) -> dict[str, bytes]:
             "<PayLoadSample><JobStatus><ErrorMsg>&x;</ErrorMsg></JobStatus></PayLoadSample>"
         ).encode("utf-16"),
         "XInclude": (
-            '<PayLoadSample xmlns:xi="http://www.w3.org/2001/XInclude"><JobStatus><ErrorMsg>'
+            '<PayLoadSample xmlns:xi="http://www.w3.org/2001/XInclude"'
+            ' xmlns="http://schemas.datacontract.org/2004/07/CSP.AI.Portal.Models"><JobStatus><ErrorMsg>'
             f'<xi:include href="file://{secret_file}" parse="text"/>'
             f'<xi:include href="http://127.0.0.1:{port}/xi" parse="text"/>'
             "</ErrorMsg></JobStatus></PayLoadSample>"

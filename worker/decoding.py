@@ -26,8 +26,9 @@ import msgspec
 import msgspec.inspect as mi
 from lxml import etree
 
-from schemas.payload import Payload
+from schemas.payload import XML_NAMESPACES, Payload
 from worker import dates
+from worker.xml_encoding import AmbiguousEncoding, charset_of, imposed_encoding
 
 __all__ = ["PayloadDecodeError", "decode_payload", "MAX_JSON_DEPTH"]
 
@@ -55,7 +56,7 @@ def decode_payload(body: bytes, content_type: str | None) -> Payload:
         if media in ("application/json", "text/json") or media.endswith("+json"):
             return _stored(_decode_json(body))
         if media in ("application/xml", "text/xml") or media.endswith("+xml"):
-            return _stored(_decode_xml(body))
+            return _stored(_decode_xml(body, content_type or ""))
     except PayloadDecodeError:
         raise
     except Exception as e:  # the contract: nothing else escapes, for any input
@@ -162,17 +163,20 @@ def _nul_path(value: Any, path: str) -> str | None:
 # --- XML ------------------------------------------------------------------
 
 _parsers = threading.local()
+_PARSER_OPTIONS: dict[str, Any] = dict(
+    resolve_entities=False, no_network=True, load_dtd=False, dtd_validation=False,
+    huge_tree=False, remove_comments=True, remove_pis=True,
+)
 
 
-def _xml_parser() -> etree.XMLParser:
+def _xml_parser(encoding: str | None) -> etree.XMLParser:
+    if encoding is not None:  # a charset the body does not declare: rare, so built per body
+        return etree.XMLParser(encoding=encoding, **_PARSER_OPTIONS)
     # One per thread: an lxml parser serialises concurrent users, and building
     # one per body costs more than the small documents' parse.
     parser = getattr(_parsers, "parser", None)
     if parser is None:
-        parser = _parsers.parser = etree.XMLParser(
-            resolve_entities=False, no_network=True, load_dtd=False, dtd_validation=False,
-            huge_tree=False, remove_comments=True, remove_pis=True,
-        )
+        parser = _parsers.parser = etree.XMLParser(**_PARSER_OPTIONS)
     return parser
 
 
@@ -184,7 +188,7 @@ class _XmlValueError(Exception):
         self.reason, self.path = reason, [where]
 
 
-def _decode_xml(body: bytes) -> Payload:
+def _decode_xml(body: bytes, content_type: str) -> Payload:
     # A DataContract body never has a DTD, and a DTD is how every entity attack
     # starts; this catches it before parsing in UTF-8. Other encodings (UTF-16)
     # reach the parser, whose settings keep entities unexpanded and offline, and
@@ -192,13 +196,21 @@ def _decode_xml(body: bytes) -> Payload:
     if b"<!DOCTYPE" in body:  # entity declarations can only be inside one
         raise _error("invalid XML payload: DOCTYPE/DTD or entity declarations are not allowed")
     try:
-        root = etree.fromstring(body, _xml_parser())
+        encoding = imposed_encoding(body, charset_of(content_type))
+    except AmbiguousEncoding as e:
+        raise _error(f"invalid XML payload: {e}") from e
+    try:
+        root = etree.fromstring(body, _xml_parser(encoding))
     except (etree.LxmlError, ValueError) as e:
         # .msg has line and column already, without str()'s "(<string>, line 1)"
         raise _error(f"invalid XML payload: {getattr(e, 'msg', None) or e}") from e
     info = root.getroottree().docinfo
     if info.doctype or info.internalDTD is not None or info.externalDTD is not None:
         raise _error("invalid XML payload: DOCTYPE/DTD or entity declarations are not allowed")
+    if not root.tag.startswith(_ROOT_NAMESPACE):
+        # Every field would be unknown, and the callback stored as empty: refused instead.
+        raise _error(f"invalid XML payload: the root element {root.tag[:200]!r} is not in the namespace"
+                     f" {_ROOT_NAMESPACE[1:-1]!r} of the payload's contract")
     try:
         obj = _xml_object(root, _XML_PLAN)
     except _XmlValueError as e:
@@ -210,26 +222,39 @@ def _decode_xml(body: bytes) -> Payload:
 
 
 _STR, _FLOAT, _SCALAR, _DATETIME, _STRUCT, _LIST = range(6)  # _SCALAR: int, bool, UUID
+_Plan = dict[str, tuple[str, int, Any]]  # "{namespace}Name" -> (name, kind, sub-plan)
 
 
-def _xml_object(elem: Any, plan: dict[str, tuple[int, Any]]) -> dict[str, Any]:
-    """Child elements of ``elem`` as a dict, by local name, guided by the Struct's plan.
+def _xml_object(elem: Any, plan: _Plan) -> dict[str, Any]:
+    """Child elements of ``elem`` as a dict, by field name, guided by the Struct's plan.
 
+    A field is only an element of its name in its contract's namespace (the
+    plan's keys are lxml's "{namespace}local" tags); any other element is
+    unknown and skipped, as the vendor may add fields. A field given twice, or
+    nil with content, is refused: which value was meant is a guess.
     This loop runs once per element (~5000 in a 250 KB body), hence inlined.
     """
     out: dict[str, Any] = {}
     for child in elem:  # elements only: the parser drops comments and PIs, a DTD is refused
-        name = child.tag.rpartition("}")[2]  # local name: the vendor's namespaces may change
-        entry = plan.get(name)
+        entry = plan.get(child.tag)
         if entry is None:
-            continue  # unknown element: the vendor may add fields
-        kind, sub = entry
+            continue  # unknown element
+        name, kind, sub = entry
+        if name in out:
+            raise _XmlValueError(f"ambiguous: element {name} appears more than once", f".{name}")
+        text = child.text
+        nil = child.get(_XSI_NIL)
+        if nil is not None and nil.strip() in ("true", "1"):
+            if len(child) or (text is not None and not text.isspace()):
+                raise _XmlValueError(f"ambiguous: element {name} is nil and has content", f".{name}")
+            out[name] = None
+            continue
+        value: Any
         if kind < _STRUCT:
-            text = child.text
             if len(child):
                 value = {}  # markup where text belongs: msgspec reports the type error with its path
-            elif text is None:  # i:nil elements are empty, so only empty ones need the lookup
-                value = None if _is_nil(child) else ""
+            elif text is None:
+                value = ""
             elif kind == _STR:
                 value = text  # strings are data, kept verbatim
             else:
@@ -240,11 +265,9 @@ def _xml_object(elem: Any, plan: dict[str, tuple[int, Any]]) -> dict[str, Any]:
                     raise _XmlValueError(f"non-finite number {value[:20]!r} is not accepted", f".{name}")
                 if kind == _DATETIME:
                     value = dates.exact(value)  # the same spellings as in JSON
-        elif not len(child) and _is_nil(child):
-            value = None
         else:
             try:
-                value = _xml_object(child, sub) if kind == _STRUCT else _xml_list(child, sub)
+                value = _xml_object(child, sub) if kind == _STRUCT else _xml_list(child, *sub)
             except _XmlValueError as e:
                 e.path.append(f".{name}")
                 raise
@@ -252,20 +275,26 @@ def _xml_object(elem: Any, plan: dict[str, tuple[int, Any]]) -> dict[str, Any]:
     return out
 
 
-def _xml_list(elem: Any, plan: dict[str, tuple[int, Any]]) -> list[Any]:
-    items = []
-    for i, item in enumerate(elem):  # the items are the children, whatever their tag
+def _xml_list(elem: Any, namespace: str, plan: _Plan) -> list[Any]:
+    """The items: children in the item contract's namespace, whatever their local name."""
+    items: list[Any] = []
+    i = 0
+    for item in elem:
+        if not item.tag.startswith(namespace):
+            continue  # not an item of this contract: unknown, like an unknown field
+        nil = item.get(_XSI_NIL)
         try:
-            items.append(None if not len(item) and _is_nil(item) else _xml_object(item, plan))
+            if nil is not None and nil.strip() in ("true", "1"):
+                if len(item) or (item.text is not None and not item.text.isspace()):
+                    raise _XmlValueError("ambiguous: item is nil and has content", "")
+                items.append(None)  # msgspec refuses a null item with its path
+            else:
+                items.append(_xml_object(item, plan))
         except _XmlValueError as e:
             e.path.append(f"[{i}]")
             raise
+        i += 1
     return items
-
-
-def _is_nil(elem: Any) -> bool:
-    nil = elem.get(_XSI_NIL)
-    return nil is not None and nil.strip() in ("true", "1")
 
 
 # --- storable: tz-aware datetimes, integers in range ------------------------
@@ -317,18 +346,25 @@ def _unwrap(t: Any) -> Any:
     return t
 
 
-def _xml_plan(struct: mi.StructType) -> dict[str, tuple[int, Any]]:
-    plan: dict[str, tuple[int, Any]] = {}
+def _namespace(struct: mi.StructType) -> str:
+    return XML_NAMESPACES[struct.cls]  # type: ignore[index]  # every payload Struct is a VendorStruct
+
+
+def _xml_plan(struct: mi.StructType) -> _Plan:
+    namespace = "{%s}" % _namespace(struct)
+    plan: _Plan = {}
     for f in struct.fields:
         t = _unwrap(f.type)
+        tag = namespace + f.encode_name
         if isinstance(t, mi.StructType):
-            plan[f.encode_name] = (_STRUCT, _xml_plan(t))
+            plan[tag] = (f.encode_name, _STRUCT, _xml_plan(t))
         elif isinstance(t, mi.ListType) and isinstance(t.item_type, mi.StructType):
-            plan[f.encode_name] = (_LIST, _xml_plan(t.item_type))
+            item = t.item_type
+            plan[tag] = (f.encode_name, _LIST, ("{%s}" % _namespace(item), _xml_plan(item)))
         else:
             kind = (_STR if isinstance(t, mi.StrType) else _FLOAT if isinstance(t, mi.FloatType)
                     else _DATETIME if isinstance(t, mi.DateTimeType) else _SCALAR)
-            plan[f.encode_name] = (kind, None)
+            plan[tag] = (f.encode_name, kind, None)
     return plan
 
 
@@ -363,5 +399,6 @@ def _datetime_keys(struct: mi.StructType) -> set[str]:
 
 _PAYLOAD_INFO = mi.type_info(Payload)
 _XML_PLAN = _xml_plan(_PAYLOAD_INFO)
+_ROOT_NAMESPACE = "{%s}" % XML_NAMESPACES[Payload]
 _PLAN = _storable_plan(_PAYLOAD_INFO)
 _DATE_VALUES = dates.json_rewriter(_datetime_keys(_PAYLOAD_INFO))
