@@ -123,7 +123,7 @@ class Bodies:
 async def prefill(services: Services, bodies: Iterator[tuple[bytes, int]], n: int, content_type: str,
                   concurrency: int = 200) -> int:
     """Publish ``n`` bodies exactly as the gateway does (its own publish_callback); returns their rows."""
-    from flowscribe_ingest.amqp import BrokerSession
+    from runtime.amqp import BrokerSession
     from gateway.publisher import publish_callback
 
     rows = 0

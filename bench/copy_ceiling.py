@@ -16,8 +16,8 @@ import uuid
 
 import asyncpg
 
-from worker.decoding import decode_payload
-from worker.rows import ANALYSIS_COLUMNS, CALLBACK_COLUMNS, CHILD_COLUMNS, Callback, analysis_row, child_rows
+from schemas.decoding import decode_payload
+from store.rows import ANALYSIS_COLUMNS, CALLBACK_COLUMNS, CHILD_COLUMNS, Callback, analysis_row, child_rows
 
 JOB_COLUMNS = ["job_id", "success", "error_msg", "analysis_id", "received_at", "callback_id"]
 

@@ -136,12 +136,12 @@ class Recording:
 
 async def stages(services: Services, bodies: Any) -> dict[str, Any]:
     from bench import copy_ceiling
-    from flowscribe_ingest.logs import JsonFormatter
+    from runtime.logs import JsonFormatter
     from schemas import topology
     from worker.consumer import to_callback
-    from worker.decoding import decode_payload
-    from worker.rows import CHILD_COLUMNS, analysis_row, child_rows
-    from worker.store import write_batch
+    from schemas.decoding import decode_payload
+    from store.rows import CHILD_COLUMNS, analysis_row, child_rows
+    from store.batch import write_batch
 
     n = 100
     variants = bodies.variants("typical", "json", start=5 * 10**6)

@@ -7,17 +7,24 @@ import asyncio
 import logging
 import sys
 
-from flowscribe_ingest import logs, register
-from flowscribe_ingest.settings import Settings, SettingsError
+from runtime import logs
+from ops import register
+from runtime.settings import Settings, SettingsError
 from ops import commands as ops_commands
 
 log = logging.getLogger("flowscribe_ingest")
 
 
 def _migrate(settings: Settings) -> int:
-    from schemas.migrations import migrate
+    from ops.connect import CANNOT_CONNECT, unreachable
+    from store.migrations import migrate
 
-    applied = asyncio.run(migrate(settings.database_url))
+    try:
+        applied = asyncio.run(migrate(settings.database_url))
+    except CANNOT_CONNECT as e:
+        # Said as the ops commands say it: one line with what to check, no traceback.
+        print(f"flowscribe-ingest: {unreachable('PostgreSQL', settings.database_url, e)}", file=sys.stderr)
+        return 1
     log.info("database up to date", extra={"applied_now": applied})
     return 0
 
@@ -28,7 +35,7 @@ def _gateway(settings: Settings) -> int:
         from gateway.processes import serve_in_processes
 
         return serve_in_processes(settings)
-    from flowscribe_ingest.serving import listening_socket
+    from runtime.serving import listening_socket
     from gateway.server import check_startable, serve
 
     check_startable(settings)
@@ -37,8 +44,8 @@ def _gateway(settings: Settings) -> int:
 
 
 def _worker(settings: Settings) -> int:
-    from flowscribe_ingest.gc_tuning import collecting_less_often
-    from flowscribe_ingest.lifecycle import stop_on_signals
+    from runtime.gc_tuning import collecting_less_often
+    from runtime.lifecycle import stop_on_signals
     from worker.consumer import run_worker
 
     async def work() -> None:
@@ -62,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="flowscribe-ingest",
         description="Land Flowscribe callbacks in PostgreSQL. Settings come from FLOWSCRIBE_* variables (see README).",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (_, help_text) in COMMANDS.items():
         sub.add_parser(name, help=help_text, description=help_text)
@@ -81,6 +89,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def version() -> str:
+    """The installed distribution's version: pyproject.toml is its one source."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed_version
+
+    try:
+        return installed_version("flowscribe-ingest")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
+
+
 def new_secret(signing: bool = False) -> str:
     import base64
     import secrets
@@ -98,8 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = Settings.from_env()
     except SettingsError as e:
-        print(f"flowscribe-ingest: bad setting: {e}", file=sys.stderr)
-        return 2
+        return _bad_setting(e)
     if hasattr(args, "ops"):
         return ops_commands.main(settings, args)
     if args.command == "register":
@@ -109,8 +127,15 @@ def main(argv: list[str] | None = None) -> int:
     run, _ = COMMANDS[args.command]
     try:
         return run(settings)
+    except SettingsError as e:  # a combination a process cannot start with (the gateway without a token)
+        return _bad_setting(e)
     except KeyboardInterrupt:
         return 130
+
+
+def _bad_setting(error: SettingsError) -> int:
+    print(f"flowscribe-ingest: bad setting: {error}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

@@ -20,9 +20,9 @@ from pathlib import Path
 
 from aiohttp import web
 
-from flowscribe_ingest.amqp import BrokerSession
-from flowscribe_ingest.metrics import GatewayMetrics, metrics_handler
-from flowscribe_ingest.settings import Settings
+from runtime.amqp import BrokerSession
+from runtime.metrics import GatewayMetrics, metrics_handler
+from runtime.settings import Settings
 from gateway.body import BodyIncomplete, BodyTimeout, BodyTooLarge, read_body
 from gateway.limits import InflightBudget, OverBudget, RateLimiter, retry_after
 from gateway.publisher import PublishFailed, publish_callback

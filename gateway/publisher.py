@@ -9,7 +9,7 @@ import uuid
 
 import aio_pika
 
-from flowscribe_ingest.amqp import BrokerSession
+from runtime.amqp import BrokerSession
 from schemas import topology
 
 

@@ -19,8 +19,8 @@ import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from flowscribe_ingest import logs
-from flowscribe_ingest.settings import Settings
+from runtime import logs
+from runtime.settings import Settings
 from ops.errors import OpsError, UsageError
 from ops.selection import Selector, normalise_id, parse_when
 

@@ -1,7 +1,7 @@
 """Short-lived connections for one ops command, with errors that say what to check.
 
 An ops command is one short run, so it connects directly (no reconnect loop as
-in ``flowscribe_ingest.amqp``): if the broker or the database is not there, the
+in ``runtime.amqp``): if the broker or the database is not there, the
 operator wants to hear it at once, with the URL (password hidden) and the
 variable to set.
 """
@@ -15,13 +15,32 @@ import aio_pika
 import asyncpg
 from aio_pika.abc import AbstractChannel, AbstractConnection
 
-from flowscribe_ingest.amqp import connection_url
-from flowscribe_ingest.settings import Settings, redact_url
+from runtime.amqp import connection_url
+from runtime.settings import Settings, redact_url
 from ops.errors import OpsError
 from schemas.topology import Topology, declare
 from worker.failures import describe
 
 CONNECT_TIMEOUT = 10.0
+
+# What connecting to PostgreSQL raises when the server is down, unreachable, not
+# ready yet or refuses us: the operator's next step is the same for all of them.
+CANNOT_CONNECT = (
+    OSError,  # refused, reset, no route, DNS
+    TimeoutError,
+    asyncpg.PostgresConnectionError,  # SQLSTATE class 08
+    asyncpg.InterfaceError,  # the connection closed under us
+    asyncpg.CannotConnectNowError,  # starting up or shutting down
+    asyncpg.InvalidAuthorizationSpecificationError,  # unknown user, wrong password
+)
+_VARIABLES = {"RabbitMQ": "FLOWSCRIBE_AMQP_URL", "PostgreSQL": "FLOWSCRIBE_DATABASE_URL"}
+
+
+def unreachable(service: str, url: str, error: BaseException) -> OpsError:
+    """The one-line error for a broker or database we cannot connect to: the URL (password hidden) and a hint."""
+    return OpsError(
+        f"cannot reach {service} at {redact_url(url)}: {describe(error)}; is it running? set {_VARIABLES[service]}"
+    )
 
 
 @contextlib.asynccontextmanager
@@ -30,10 +49,7 @@ async def broker(settings: Settings) -> AsyncIterator[tuple[AbstractConnection, 
     try:
         connection = await aio_pika.connect(connection_url(settings.amqp_url, "ops"), timeout=CONNECT_TIMEOUT)
     except Exception as e:  # noqa: BLE001 - refused, DNS, auth, timeout: all mean the same to the operator
-        raise OpsError(
-            f"cannot reach RabbitMQ at {redact_url(settings.amqp_url)}: {describe(e)};"
-            " is it running? set FLOWSCRIBE_AMQP_URL"
-        ) from None
+        raise unreachable("RabbitMQ", settings.amqp_url, e) from None
     try:
         # on_return_raises: a mandatory publish nobody routes must fail, not vanish.
         channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
@@ -53,10 +69,7 @@ async def database(settings: Settings) -> AsyncIterator[asyncpg.Connection]:
     try:
         conn = await asyncpg.connect(settings.database_url, timeout=CONNECT_TIMEOUT)
     except Exception as e:  # noqa: BLE001
-        raise OpsError(
-            f"cannot reach PostgreSQL at {redact_url(settings.database_url)}: {describe(e)};"
-            " is it running? set FLOWSCRIBE_DATABASE_URL"
-        ) from None
+        raise unreachable("PostgreSQL", settings.database_url, e) from None
     try:
         if await conn.fetchval("SELECT to_regclass('flowscribe.callbacks')") is None:
             raise OpsError(

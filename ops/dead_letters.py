@@ -55,9 +55,9 @@ from ops.messages import replays
 from ops.selection import Selector
 from schemas import topology
 from worker.consumer import InvalidMessage, to_callback
-from worker.decoding import PayloadDecodeError, decode_payload
+from schemas.decoding import PayloadDecodeError, decode_payload
 from worker.failures import describe
-from worker.rows import Callback
+from store.rows import Callback
 
 # AMQP's prefetch count is 16 bits; 0 means no limit.
 MAX_PREFETCH = 65535

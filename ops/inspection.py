@@ -6,7 +6,7 @@ import argparse
 import datetime
 import json
 
-from flowscribe_ingest.settings import Settings
+from runtime.settings import Settings
 from ops import connect
 from ops.dead_letters import DeadLetter, DeadLetterQueue, recheck
 from ops.errors import OpsError

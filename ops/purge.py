@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from flowscribe_ingest.settings import Settings
+from runtime.settings import Settings
 from ops import connect
 from ops.dead_letters import DeadLetter, DeadLetterQueue
 from ops.errors import OpsError

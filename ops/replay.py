@@ -21,7 +21,7 @@ from __future__ import annotations
 import argparse
 import collections
 
-from flowscribe_ingest.settings import Settings
+from runtime.settings import Settings
 from ops import connect, predict
 from ops.dead_letters import DeadLetter, DeadLetterQueue, Selector, recheck
 from ops.messages import replay_copy
@@ -30,7 +30,7 @@ from ops.render import Console, Progress, shorten, table
 from schemas import topology
 from schemas.topology import Topology
 from worker.failures import describe
-from worker.rows import Callback
+from store.rows import Callback
 
 
 async def replay_command(settings: Settings, args: argparse.Namespace, console: Console) -> int:

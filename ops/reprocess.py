@@ -4,7 +4,7 @@ For when rows came out wrong and the fix is in the code (a decoder fix): each
 chosen callback of ``flowscribe.callbacks`` is published again with its own
 message id, receive time, content type and body, plus ``x-flowscribe-reprocess:
 1``. The worker then re-derives its rows under the usual rules with two
-differences (see ``worker.store``): its ledger row is updated, never doubled,
+differences (see ``store.batch``): its ledger row is updated, never doubled,
 and it rewrites its analysis when it *is* the stored version. An older
 version is ``superseded`` (also one that was ``ingested`` before a newer one
 came), a ``duplicate`` stays one, a ``job_failed`` re-evaluates its job. Callbacks that never landed are not in the archive:
@@ -27,15 +27,15 @@ from collections.abc import AsyncIterator
 import aio_pika
 import asyncpg
 
-from flowscribe_ingest.settings import Settings
+from runtime.settings import Settings
 from ops import connect, predict
 from ops.errors import OpsError
 from ops.publish import Pacer, confirmed
 from ops.render import Console, Progress, shorten, table, when
 from schemas import topology
-from worker.decoding import PayloadDecodeError, decode_payload
+from schemas.decoding import PayloadDecodeError, decode_payload
 from worker.failures import describe
-from worker.rows import Callback
+from store.rows import Callback
 
 PAGE = 200
 

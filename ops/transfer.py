@@ -18,7 +18,7 @@ import json
 import os
 from pathlib import Path
 
-from flowscribe_ingest.settings import Settings
+from runtime.settings import Settings
 from ops import connect
 from ops.dead_letters import DeadLetter, DeadLetterQueue
 from ops.errors import OpsError, UsageError

@@ -179,7 +179,7 @@ CHILD_TABLES: dict[str, tuple[str, type[VendorStruct]]] = {
 
 # The XML namespace of each Struct's DataContract. A Struct's fields are child
 # elements in its namespace, whatever prefix binds it (see the vendor's
-# sample, tests/samples/vendor-sample.xml); an element of the same local name
+# sample, schemas/samples/vendor-sample.xml); an element of the same local name
 # in another namespace is not that field.
 MODELS_NAMESPACE = "http://schemas.datacontract.org/2004/07/CSP.AI.Portal.Models"
 COMMON_NAMESPACE = "http://schemas.datacontract.org/2004/07/CSP.AI.Portal.DataLayer.Common"

@@ -23,11 +23,11 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestServer
 
-from flowscribe_ingest.settings import Secrets, Settings
+from runtime.settings import Secrets, Settings
 from gateway.app import create_app
 from gateway.server import server_options
 from schemas import topology
-from schemas.migrations import migrate
+from store.migrations import migrate
 from tests.support import TOKEN
 from worker.consumer import Worker, run_worker
 

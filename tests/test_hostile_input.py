@@ -33,7 +33,7 @@ from lxml import etree
 from schemas import topology
 from schemas.payload import Payload
 from tests.support import JSON_SAMPLE, TOKEN, XML_SAMPLE, eventually
-from worker.decoding import PayloadDecodeError, decode_payload
+from schemas.decoding import PayloadDecodeError, decode_payload
 
 # Seconds any single decode may take: a guard against hangs and blow-ups, not a benchmark.
 FAST = 2.0
@@ -267,7 +267,7 @@ BEYOND_PYTHON_IN_UTC = ["0001-01-01T00:00:00+14:00", "9999-12-31T23:00:00-14:00"
 
 class TestDatetimesBeyondPythonInUtc:
     """A timestamp whose UTC instant leaves Python's years is still one PostgreSQL holds: it lands
-    (worker.timestamps), with neighbours, and nothing crashes. The exact values: test_edge_dates."""
+    (store.timestamps), with neighbours, and nothing crashes. The exact values: test_edge_dates."""
 
     @pytest.mark.parametrize("text", BEYOND_PYTHON_IN_UTC)
     def test_decoded_with_its_offset(self, text):

@@ -26,9 +26,9 @@ from ops.render import Console
 from schemas import topology
 from tests.support import XML_SAMPLE, eventually
 from tests.test_pipeline import T0, publish_as_gateway, versioned
-from worker.decoding import decode_payload
-from worker.rows import Callback
-from worker.store import Outcome, Stored, decide, write_batch
+from schemas.decoding import decode_payload
+from store.rows import Callback
+from store.batch import Outcome, Stored, decide, write_batch
 
 BROKEN_JSON = b'{"Success": tru'
 FAILED_JOB = json.dumps({
@@ -530,7 +530,7 @@ class TestReprocess:
 
 
 class TestReprocessDecision:
-    """The store's pure decision for a reprocessed callback (worker.store.decide)."""
+    """The store's pure decision for a reprocessed callback (store.batch.decide)."""
 
     def _callback(self, version: int, received: int, *, reprocess: bool = True, id: uuid.UUID | None = None,
                   body: bytes | None = None) -> Callback:

@@ -8,7 +8,7 @@ import pytest
 from tests.support import XML_SAMPLE, eventually
 from tests.test_decoding import ANALYSIS_ID, SENTENCE_ID, XML, rejected, xml_body, xml_sentence
 from tests.test_pipeline import outcome_of, post
-from worker.decoding import decode_payload
+from schemas.decoding import decode_payload
 
 MODELS = "http://schemas.datacontract.org/2004/07/CSP.AI.Portal.Models"
 COMMON = "http://schemas.datacontract.org/2004/07/CSP.AI.Portal.DataLayer.Common"

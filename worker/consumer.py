@@ -34,19 +34,19 @@ from typing import TypeVar
 import asyncpg
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
-from flowscribe_ingest.amqp import BrokerSession, BrokerUnavailable
-from flowscribe_ingest.metrics import WorkerMetrics
-from flowscribe_ingest.settings import Settings
+from runtime.amqp import BrokerSession, BrokerUnavailable
+from runtime.metrics import WorkerMetrics
+from runtime.settings import Settings
 from schemas import topology
 from schemas.topology import Topology
 from worker.acks import AckWindow
 from worker.dead_letter import attempts_so_far, dead_letter, retry_later
-from worker.decoding import PayloadDecodeError, decode_payload
+from schemas.decoding import PayloadDecodeError, decode_payload
 from worker.failures import Fault, classify, describe
 from worker.http import Readiness, serving
-from worker.rows import Callback
-from worker.store import Outcome, write_batch
-from worker.timestamps import exact_timestamps
+from store.batch import Outcome, write_batch
+from store.rows import Callback
+from store.timestamps import exact_timestamps
 
 log = logging.getLogger("worker")
 

@@ -18,10 +18,10 @@ import asyncpg
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from flowscribe_ingest.amqp import BrokerSession
-from flowscribe_ingest.metrics import metrics_handler
-from flowscribe_ingest.serving import listening, listening_socket
-from flowscribe_ingest.settings import Settings
+from runtime.amqp import BrokerSession
+from runtime.metrics import metrics_handler
+from runtime.serving import listening, listening_socket
+from runtime.settings import Settings
 
 log = logging.getLogger("worker")
 

@@ -22,7 +22,7 @@ class Callback:
     body_sha256: str
     body: bytes
     payload: Payload
-    reprocess: bool = False  # re-derive a stored callback's rows (see worker.store)
+    reprocess: bool = False  # re-derive a stored callback's rows (see store.batch)
 
     @property
     def analysis(self) -> ConversationAnalysis | None:

@@ -31,7 +31,7 @@ PREFIX = "flowscribe_"
 # Every outcome a consumed message can have, so that each series exists (at 0)
 # from the first scrape: rate() and alerts need a series before its first event.
 OUTCOMES = (
-    "ingested", "duplicate", "superseded", "job_failed",  # committed (worker.store.Outcome)
+    "ingested", "duplicate", "superseded", "job_failed",  # committed (store.batch.Outcome)
     "redelivered",  # already stored: acked, nothing written
     "dead_lettered", "retried",  # sent to the dead-letter queue / a retry queue
 )
@@ -137,7 +137,7 @@ class GatewayMetrics:
 
 
 class _Landed(Protocol):
-    """What WorkerMetrics reads of a landed callback (worker.rows.Callback)."""
+    """What WorkerMetrics reads of a landed callback (store.rows.Callback)."""
 
     id: Any
     received_at: datetime.datetime
@@ -145,7 +145,7 @@ class _Landed(Protocol):
 
 
 class _Result(Protocol):
-    """What WorkerMetrics reads of a committed batch (worker.store.BatchResult)."""
+    """What WorkerMetrics reads of a committed batch (store.batch.BatchResult)."""
 
     outcomes: Mapping[Any, Any]
     rows: Mapping[str, int]

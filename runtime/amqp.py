@@ -24,10 +24,10 @@ from typing import Any
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractConnection
 
-from flowscribe_ingest.settings import redact_url
+from runtime.settings import redact_url
 from schemas.topology import Topology, declare
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("flowscribe_ingest.amqp")  # the name in the log schema, from before the move
 
 OnReady = Callable[[AbstractChannel, Topology], Awaitable[None]]
 

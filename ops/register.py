@@ -32,7 +32,7 @@ from typing import TextIO
 import aiohttp
 import yarl
 
-from flowscribe_ingest.settings import Settings
+from runtime.settings import Settings
 
 INITIALIZE_PATH = "api/ConversationAnalysis/InitializeWebHook"
 DEFAULT_API_KEY_HEADER = "X-API-Key"
@@ -44,7 +44,7 @@ SHOWN_BODY_CHARS = 2000
 
 def vendor_sample() -> bytes:
     """The JSON sample from Flowscribe's API page, shipped inside the package."""
-    return (importlib.resources.files("flowscribe_ingest") / "samples" / "vendor-sample.json").read_bytes()
+    return (importlib.resources.files("schemas") / "samples" / "vendor-sample.json").read_bytes()
 
 
 class UsageError(ValueError):

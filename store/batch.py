@@ -40,7 +40,7 @@ import uuid
 
 import asyncpg
 
-from worker.rows import (
+from store.rows import (
     ANALYSIS_COLUMNS,
     CALLBACK_COLUMNS,
     CHILD_COLUMNS,

@@ -27,8 +27,8 @@ import msgspec.inspect as mi
 from lxml import etree
 
 from schemas.payload import XML_NAMESPACES, Payload
-from worker import dates
-from worker.xml_encoding import AmbiguousEncoding, charset_of, imposed_encoding
+from schemas import dates
+from schemas.xml_encoding import AmbiguousEncoding, charset_of, imposed_encoding
 
 __all__ = ["PayloadDecodeError", "decode_payload", "MAX_JSON_DEPTH"]
 
@@ -95,7 +95,7 @@ def _decode_json(body: bytes) -> Payload:
         _nesting(_JSON_STRING.sub(b"", body).translate(_TO_PARENS, _NOT_BRACKETS)) > MAX_JSON_DEPTH
     ):
         raise _error(f"invalid JSON payload: nested deeper than {MAX_JSON_DEPTH} levels")
-    # Timestamps in .NET's spellings (worker.dates) are made exact first when a
+    # Timestamps in .NET's spellings (schemas.dates) are made exact first when a
     # cheap scan finds seven-digit fractions, which msgspec would round; the
     # legacy /Date()/ form only once the normal decode failed on a datetime.
     exact = dates.rewrite_json(_DATE_VALUES, body) if dates.TICKS_HINT.search(body) else None
