@@ -15,11 +15,11 @@ import aio_pika
 import asyncpg
 from aio_pika.abc import AbstractChannel, AbstractConnection
 
-from runtime.amqp import connection_url
-from runtime.settings import Settings, redact_url
 from ops.errors import OpsError
+from runtime.amqp import connection_url
+from runtime.errors import describe
+from runtime.settings import Settings, redact_url
 from schemas.topology import Topology, declare
-from worker.failures import describe
 
 CONNECT_TIMEOUT = 10.0
 

@@ -14,8 +14,9 @@ import uuid
 
 import asyncpg
 
-from store.rows import Callback
-from store.batch import Outcome, decide, read_stored
+from schemas.message import Callback
+from store.decision import decide, read_stored
+from store.outcomes import Outcome
 
 # What each outcome means for the tables, as the operator reads it.
 NEW_ANALYSIS = "new analysis"

@@ -7,8 +7,8 @@ message id, receive time, content type and body, plus ``x-flowscribe-reprocess:
 differences (see ``store.batch``): its ledger row is updated, never doubled,
 and it rewrites its analysis when it *is* the stored version. An older
 version is ``superseded`` (also one that was ``ingested`` before a newer one
-came), a ``duplicate`` stays one, a ``job_failed`` re-evaluates its job. Callbacks that never landed are not in the archive:
-they are in the dead-letter queue (``dlq replay``).
+came), a ``duplicate`` stays one, a ``job_failed`` re-evaluates its job. Callbacks
+that never landed are not in the archive: they are in the dead-letter queue (``dlq replay``).
 
 A body that no longer decodes with this version's decoder is not published
 (the worker would only dead-letter it) and is reported as failed.
@@ -20,22 +20,23 @@ from __future__ import annotations
 import argparse
 import collections
 import datetime
-import hashlib
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aio_pika
 import asyncpg
 
-from runtime.settings import Settings
 from ops import connect, predict
 from ops.errors import OpsError
-from ops.publish import Pacer, confirmed
+from ops.publish import Pacer
 from ops.render import Console, Progress, shorten, table, when
+from runtime.errors import describe
+from runtime.messages import publish_confirmed
+from runtime.settings import Settings
 from schemas import topology
 from schemas.decoding import PayloadDecodeError, decode_payload
-from worker.failures import describe
-from store.rows import Callback
+from schemas.message import Callback, callback_message
 
 PAGE = 200
 
@@ -87,21 +88,9 @@ def _callback(row: asyncpg.Record) -> Callback:
 
 
 def reprocess_message(row: asyncpg.Record) -> aio_pika.Message:
-    """A stored callback as the gateway published it, marked for reprocessing."""
-    body = bytes(row["body"])
-    received_at: datetime.datetime = row["received_at"]
-    return aio_pika.Message(
-        body,
-        message_id=str(row["id"]),
-        content_type=row["content_type"],
-        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-        headers={
-            # Microseconds exactly: the version order compares receive times.
-            topology.HEADER_RECEIVED_AT: received_at.astimezone(datetime.UTC).isoformat(timespec="microseconds"),
-            topology.HEADER_BODY_SHA256: hashlib.sha256(body).hexdigest(),
-            topology.HEADER_REPROCESS: "1",
-        },
-    )
+    """A stored callback as the gateway published it (its own id, receive time and body), marked for reprocessing."""
+    return callback_message(bytes(row["body"]), row["content_type"], message_id=str(row["id"]),
+                            received_at=row["received_at"], reprocess=True)
 
 
 async def reprocess_command(settings: Settings, args: argparse.Namespace, console: Console) -> int:
@@ -124,7 +113,7 @@ async def reprocess_command(settings: Settings, args: argparse.Namespace, consol
                     else:
                         await pacer.wait()
                         try:
-                            await confirmed(declared.callback_exchange, reprocess_message(row),
+                            await publish_confirmed(declared.callback_exchange, reprocess_message(row),
                                             topology.CALLBACK_ROUTING_KEY, settings.publish_timeout)
                         except Exception as e:  # noqa: BLE001
                             raise OpsError(
@@ -142,7 +131,7 @@ async def reprocess_command(settings: Settings, args: argparse.Namespace, consol
 
 
 async def _dry_run(conn: asyncpg.Connection, args: argparse.Namespace, console: Console) -> int:
-    chosen: list[tuple[dict, Callback | None]] = []
+    chosen: list[tuple[dict[str, Any], Callback | None]] = []
     async for row in _archived(conn, args):
         shown = {"message_id": str(row["id"]), "received_at": when(row["received_at"]),
                  "analysis_id": str(row["analysis_id"] or ""), "outcome": row["outcome"]}

@@ -16,17 +16,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-from runtime.settings import Settings
 from ops import connect
-from ops.dead_letters import DeadLetter, DeadLetterQueue
+from ops.dead_letters import DeadLetterQueue
 from ops.errors import OpsError, UsageError
+from ops.letters import DeadLetter
 from ops.messages import from_record, to_record
-from ops.publish import Pacer, confirmed
+from ops.publish import Pacer
 from ops.render import Console, Progress
+from runtime.errors import describe
+from runtime.messages import publish_confirmed
+from runtime.settings import Settings
 from schemas import topology
-from worker.failures import describe
 
 
 async def export_command(settings: Settings, args: argparse.Namespace, console: Console) -> int:
@@ -34,7 +38,7 @@ async def export_command(settings: Settings, args: argparse.Namespace, console: 
     if to_stdout and args.remove:
         raise UsageError("--remove needs a FILE (it removes only what was written and synced to disk)")
     path = Path(args.file)
-    if not to_stdout and path.exists():
+    if not to_stdout and path.exists():  # noqa: ASYNC240 - one stat, before anything runs on this loop
         raise UsageError(f"{path} exists; choose another name (an export never overwrites evidence)")
     partial = path.with_name(path.name + ".partial")
     exported: list[DeadLetter] = []
@@ -89,7 +93,7 @@ async def import_command(settings: Settings, args: argparse.Namespace, console: 
             for number, record in _records(path):
                 await pacer.wait()
                 try:
-                    await confirmed(declared.dead_letter_exchange, from_record(record),
+                    await publish_confirmed(declared.dead_letter_exchange, from_record(record),
                                     topology.DEAD_LETTER_ROUTING_KEY, settings.publish_timeout)
                 except Exception as e:  # noqa: BLE001
                     raise OpsError(
@@ -104,7 +108,7 @@ async def import_command(settings: Settings, args: argparse.Namespace, console: 
     return 0
 
 
-def _records(path: Path):
+def _records(path: Path) -> Iterator[tuple[int, Any]]:
     with path.open(encoding="utf-8") as f:
         for number, line in enumerate(f, 1):
             if line.strip():

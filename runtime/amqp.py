@@ -5,7 +5,8 @@ consumers has known gaps (consumers not resumed after some broker restarts or
 broker-side cancels; publishes hanging while it reconnects), and its channels
 keep delivery tags across reconnects in ways that are easy to misuse. One loop
 here owns the whole lifecycle instead: connect, open a channel with publisher
-confirms, declare the topology, hand the channel to the user's ``on_ready``,
+confirms, declare what the caller needs (``declare``: the topology), hand the channel
+to the caller's ``on_ready``,
 wait until the connection or the channel closes, and start over with backoff.
 Code that holds a message from a dead channel finds its ack failing, and the
 broker redelivers that message: nothing is lost on a reconnect.
@@ -19,17 +20,21 @@ import logging
 import socket
 import urllib.parse
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractConnection
 
+from runtime.errors import describe
 from runtime.settings import redact_url
-from schemas.topology import Topology, declare
 
 log = logging.getLogger("flowscribe_ingest.amqp")  # the name in the log schema, from before the move
 
-OnReady = Callable[[AbstractChannel, Topology], Awaitable[None]]
+# What ``declare`` returns (schemas.topology.Topology): the runtime is below the
+# contracts and knows nothing of our exchanges and queues; their user passes them in.
+Declared = TypeVar("Declared")
+Declare = Callable[[AbstractChannel], Awaitable[Declared]]
+OnReady = Callable[[AbstractChannel, Declared], Awaitable[None]]
 
 # Heartbeats let a process notice a silently dead link (a black-holed TCP path)
 # within about two intervals, instead of the OS's TCP timeout of many minutes.
@@ -49,7 +54,7 @@ def connection_url(url: str, name: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
 
 
-class BrokerSession:
+class BrokerSession(Generic[Declared]):
     """Keeps one connection and one confirm channel open for as long as it is entered."""
 
     def __init__(
@@ -57,19 +62,21 @@ class BrokerSession:
         url: str,
         name: str,
         *,
+        declare: Declare[Declared],
         prefetch: int | None = None,
-        on_ready: OnReady | None = None,
+        on_ready: OnReady[Declared] | None = None,
         connect_timeout: float = 5.0,
         max_backoff: float = 2.0,
     ) -> None:
         self._url = connection_url(url, name)
         self._name = name
         self._prefetch = prefetch
+        self._declare = declare
         self._on_ready = on_ready
         self._connect_timeout = connect_timeout
         self._max_backoff = max_backoff
         self._channel: AbstractChannel | None = None
-        self._topology: Topology | None = None
+        self._topology: Declared | None = None
         self._ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._connection: AbstractConnection | None = None
@@ -83,7 +90,7 @@ class BrokerSession:
             and not self._channel.is_closed
         )
 
-    def usable(self) -> tuple[AbstractChannel, Topology]:
+    def usable(self) -> tuple[AbstractChannel, Declared]:
         """The current channel and topology, or BrokerUnavailable."""
         if not self.ready or self._topology is None or self._channel is None:
             raise BrokerUnavailable("not connected to the broker")
@@ -92,7 +99,7 @@ class BrokerSession:
     async def wait_ready(self, timeout: float) -> None:
         await asyncio.wait_for(self._ready.wait(), timeout)
 
-    async def __aenter__(self) -> BrokerSession:
+    async def __aenter__(self) -> BrokerSession[Declared]:
         self._task = asyncio.create_task(self._run(), name=f"broker-session-{self._name}")
         return self
 
@@ -111,9 +118,11 @@ class BrokerSession:
         while True:
             lost: asyncio.Future[BaseException | None] = asyncio.get_running_loop().create_future()
 
+            # B023 marks a known bug, fixed with the cluster work: a late close callback of
+            # an old connection resolves the future of the new one.
             def on_close(_sender: Any, exc: BaseException | None = None, *_: Any) -> None:
-                if not lost.done():
-                    lost.set_result(exc)
+                if not lost.done():  # noqa: B023
+                    lost.set_result(exc)  # noqa: B023
 
             try:
                 self._connection = await aio_pika.connect(
@@ -126,7 +135,7 @@ class BrokerSession:
                 channel.close_callbacks.add(on_close)
                 if self._prefetch is not None:
                     await channel.set_qos(prefetch_count=self._prefetch)
-                topology = await declare(channel)
+                topology = await self._declare(channel)
                 if self._on_ready is not None:
                     await self._on_ready(channel, topology)
                 self._channel, self._topology = channel, topology
@@ -167,6 +176,4 @@ def _ignore_result(task: asyncio.Future[Any]) -> None:
 
 
 def _describe(exc: BaseException | None) -> str:
-    if exc is None:
-        return "closed"
-    return f"{type(exc).__name__}: {exc}"
+    return "closed" if exc is None else describe(exc)

@@ -23,7 +23,7 @@ import datetime
 import re
 from collections.abc import Iterable
 
-__all__ = ["exact", "json_rewriter", "rewrite_json", "TICKS_HINT"]
+__all__ = ["TICKS_HINT", "exact", "json_rewriter", "rewrite_json"]
 
 _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
 

@@ -20,21 +20,24 @@ import datetime
 import re
 import threading
 from operator import attrgetter
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 import msgspec.inspect as mi
 from lxml import etree
 
-from schemas.payload import XML_NAMESPACES, Payload
 from schemas import dates
+from schemas.payload import XML_NAMESPACES, Payload
 from schemas.xml_encoding import AmbiguousEncoding, charset_of, imposed_encoding
 
-__all__ = ["PayloadDecodeError", "decode_payload", "MAX_JSON_DEPTH"]
+__all__ = ["MAX_JSON_DEPTH", "PayloadDecodeError", "decode_payload"]
 
 
 class PayloadDecodeError(Exception):
-    """A body that cannot become a Payload. str(e) is a one-line human reason (includes the path where msgspec gives one)."""
+    """A body that cannot become a Payload.
+
+    str(e) is a one-line human reason (with the path where msgspec gives one).
+    """
 
 
 # Our payload nests 4 levels; anything near msgspec's recursion limit is an
@@ -163,20 +166,23 @@ def _nul_path(value: Any, path: str) -> str | None:
 # --- XML ------------------------------------------------------------------
 
 _parsers = threading.local()
-_PARSER_OPTIONS: dict[str, Any] = dict(
-    resolve_entities=False, no_network=True, load_dtd=False, dtd_validation=False,
-    huge_tree=False, remove_comments=True, remove_pis=True,
-)
+
+
+def _new_parser(encoding: str | None) -> etree.XMLParser:
+    return etree.XMLParser(
+        encoding=encoding, resolve_entities=False, no_network=True, load_dtd=False, dtd_validation=False,
+        huge_tree=False, remove_comments=True, remove_pis=True,
+    )
 
 
 def _xml_parser(encoding: str | None) -> etree.XMLParser:
     if encoding is not None:  # a charset the body does not declare: rare, so built per body
-        return etree.XMLParser(encoding=encoding, **_PARSER_OPTIONS)
+        return _new_parser(encoding)
     # One per thread: an lxml parser serialises concurrent users, and building
     # one per body costs more than the small documents' parse.
-    parser = getattr(_parsers, "parser", None)
+    parser: etree.XMLParser | None = getattr(_parsers, "parser", None)
     if parser is None:
-        parser = _parsers.parser = etree.XMLParser(**_PARSER_OPTIONS)
+        parser = _parsers.parser = _new_parser(None)
     return parser
 
 
@@ -207,9 +213,10 @@ def _decode_xml(body: bytes, content_type: str) -> Payload:
     info = root.getroottree().docinfo
     if info.doctype or info.internalDTD is not None or info.externalDTD is not None:
         raise _error("invalid XML payload: DOCTYPE/DTD or entity declarations are not allowed")
-    if not root.tag.startswith(_ROOT_NAMESPACE):
+    tag = root.tag if isinstance(root.tag, str) else ""
+    if not tag.startswith(_ROOT_NAMESPACE):
         # Every field would be unknown, and the callback stored as empty: refused instead.
-        raise _error(f"invalid XML payload: the root element {root.tag[:200]!r} is not in the namespace"
+        raise _error(f"invalid XML payload: the root element {tag[:200]!r} is not in the namespace"
                      f" {_ROOT_NAMESPACE[1:-1]!r} of the payload's contract")
     try:
         obj = _xml_object(root, _XML_PLAN)
@@ -351,7 +358,7 @@ def _namespace(struct: mi.StructType) -> str:
 
 
 def _xml_plan(struct: mi.StructType) -> _Plan:
-    namespace = "{%s}" % _namespace(struct)
+    namespace = f"{{{_namespace(struct)}}}"
     plan: _Plan = {}
     for f in struct.fields:
         t = _unwrap(f.type)
@@ -360,7 +367,7 @@ def _xml_plan(struct: mi.StructType) -> _Plan:
             plan[tag] = (f.encode_name, _STRUCT, _xml_plan(t))
         elif isinstance(t, mi.ListType) and isinstance(t.item_type, mi.StructType):
             item = t.item_type
-            plan[tag] = (f.encode_name, _LIST, ("{%s}" % _namespace(item), _xml_plan(item)))
+            plan[tag] = (f.encode_name, _LIST, (f"{{{_namespace(item)}}}", _xml_plan(item)))
         else:
             kind = (_STR if isinstance(t, mi.StrType) else _FLOAT if isinstance(t, mi.FloatType)
                     else _DATETIME if isinstance(t, mi.DateTimeType) else _SCALAR)
@@ -397,8 +404,8 @@ def _datetime_keys(struct: mi.StructType) -> set[str]:
     return keys
 
 
-_PAYLOAD_INFO = mi.type_info(Payload)
+_PAYLOAD_INFO = cast(mi.StructType, mi.type_info(Payload))
 _XML_PLAN = _xml_plan(_PAYLOAD_INFO)
-_ROOT_NAMESPACE = "{%s}" % XML_NAMESPACES[Payload]
+_ROOT_NAMESPACE = f"{{{XML_NAMESPACES[Payload]}}}"
 _PLAN = _storable_plan(_PAYLOAD_INFO)
 _DATE_VALUES = dates.json_rewriter(_datetime_keys(_PAYLOAD_INFO))

@@ -14,7 +14,7 @@ from __future__ import annotations
 import codecs
 import re
 
-__all__ = ["AmbiguousEncoding", "imposed_encoding", "charset_of"]
+__all__ = ["AmbiguousEncoding", "charset_of", "imposed_encoding"]
 
 _BOMS = (codecs.BOM_UTF8, codecs.BOM_UTF16_BE, codecs.BOM_UTF16_LE)  # UTF-32 marks start like UTF-16's
 _CHARSET = re.compile(r';\s*charset\s*=\s*"?([^";\s]+)"?', re.IGNORECASE)

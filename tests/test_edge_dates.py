@@ -17,11 +17,11 @@ import uuid
 import pytest
 
 from schemas import topology
+from schemas.decoding import decode_payload
 from tests.support import JSON_SAMPLE, XML_SAMPLE, eventually
 from tests.test_decoding import JSON, XML, json_body, rejected, xml_body
 from tests.test_pipeline import T0, publish_as_gateway
 from tests.test_worker import _dead_letters_n
-from schemas.decoding import decode_payload
 
 UTC = datetime.UTC
 MAX = datetime.datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)

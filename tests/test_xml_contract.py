@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
+from schemas.decoding import decode_payload
 from tests.support import XML_SAMPLE, eventually
 from tests.test_decoding import ANALYSIS_ID, SENTENCE_ID, XML, rejected, xml_body, xml_sentence
 from tests.test_pipeline import outcome_of, post
-from schemas.decoding import decode_payload
 
 MODELS = "http://schemas.datacontract.org/2004/07/CSP.AI.Portal.Models"
 COMMON = "http://schemas.datacontract.org/2004/07/CSP.AI.Portal.DataLayer.Common"
@@ -77,8 +77,8 @@ class TestAmbiguous:
 
     @pytest.mark.parametrize("twice", [
         "<d2p1:ConversationText>a</d2p1:ConversationText><d2p1:ConversationText>b</d2p1:ConversationText>",
-        "<d2p1:ConversationText>a</d2p1:ConversationText><c:ConversationText xmlns:c=\"%s\">a</c:ConversationText>"
-        % COMMON,
+        "<d2p1:ConversationText>a</d2p1:ConversationText>"
+        f'<c:ConversationText xmlns:c="{COMMON}">a</c:ConversationText>',
         '<d2p1:ConversationText i:nil="true"/><d2p1:ConversationText>b</d2p1:ConversationText>',
     ])
     def test_a_field_twice(self, twice: str) -> None:
