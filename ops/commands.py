@@ -1,4 +1,4 @@
-"""The ops part of the command line: ``dlq list|show|replay|purge|export|import`` and ``reprocess``.
+"""The ops part of the command line: ``dlq list|show|replay|purge|export|import``, ``reprocess``, ``drift``, ``prune``.
 
 ``add_parsers`` hangs the subcommands on ``flowscribe-ingest``'s parser;
 ``execute`` runs one (tests await it; ``main`` wraps it in ``asyncio.run``).
@@ -50,6 +50,16 @@ def _positive(kind: Callable[[str], float]) -> Callable[[str], float]:
     return parse
 
 
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError("must be > 0 and <= 1")
+    return value
+
+
 def _uuid(text: str) -> uuid.UUID:
     try:
         return uuid.UUID(text)
@@ -73,7 +83,7 @@ def _command(parser: argparse.ArgumentParser, handler: str, *, changes: bool) ->
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add ``dlq`` and ``reprocess`` to the subcommands of ``flowscribe-ingest``."""
+    """Add ``dlq``, ``reprocess``, ``drift`` and ``prune`` to the subcommands of ``flowscribe-ingest``."""
     dlq = sub.add_parser(
         "dlq", help="inspect, replay, purge, export and import dead letters",
         description="The dead-letter queue: reading never changes it; replay, purge and export --remove"
@@ -135,9 +145,38 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument("--rate", type=_positive(float), metavar="N", help="at most N callbacks per second")
     _command(p, "ops.reprocess:reprocess_command", changes=True)
 
+    p = sub.add_parser(
+        "drift", help="fields and objects callbacks carry that the payload Structs do not know",
+        description="Schema drift seen by the workers in a sample of the callbacks (FLOWSCRIBE_DRIFT_SAMPLE_RATE):"
+                    " object, field, first and last seen, sampled callbacks, an example callback id.",
+    )
+    p.add_argument("--json", action="store_true", help="one JSON object per line, for scripts")
+    _command(p, "ops.drift:drift_command", changes=False)
+
+    p = sub.add_parser(
+        "prune", help="remove archived bodies (and with --ledger, ledger rows) older than an age",
+        description="Remove the archived bodies of callbacks received before --older-than, in small"
+                    " transactions that never wait for a worker. Pruned callbacks can no longer be reprocessed;"
+                    " their digests stay, so duplicates are still recognised.",
+    )
+    p.add_argument("--older-than", type=_when, required=True, metavar="AGE",
+                   help="received before this: an age (90d, 12h) or an ISO 8601 timestamp")
+    p.add_argument("--ledger", action="store_true",
+                   help="also delete old ledger rows (not those of stored versions and jobs, whose bodies go)")
+    p.add_argument("--dry-run", action="store_true", help="change nothing; say what and how many bytes")
+    p.add_argument("--batch-size", type=_positive(int), default=1000, metavar="N",
+                   help="rows per transaction (default: 1000)")
+    p.add_argument("--duty-cycle", type=_fraction, default=0.25, metavar="F",
+                   help="share of the time spent in batches: after each it pauses to leave the database to the"
+                        " workers (default: 0.25; 1: no pause)")
+    p.add_argument("--json", action="store_true", help="the summary as one JSON object")
+    _command(p, "ops.prune:prune_command", changes=False)
+
 
 def _prepare(args: argparse.Namespace) -> None:
     """Checks argparse cannot express, and the Selector the dlq commands share."""
+    if args.command in ("drift", "prune"):
+        return
     if args.command == "reprocess":
         if not (args.since or args.until or args.analysis_id or args.outcome or args.every):
             raise UsageError("say which callbacks: --since/--until, --analysis-id, --outcome, or --all")

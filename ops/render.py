@@ -97,6 +97,7 @@ class Progress:
         self._verb = verb
         self._total = total
         self._every = max(1, total // 10)
+        self._logged = 0  # tenths of the way logged so far (counts may jump: a batch at a time)
         self._last_draw = 0.0
         self._shown = False
 
@@ -108,7 +109,8 @@ class Progress:
                 self._console.err.write("\r" + text + "\x1b[K")
                 self._console.err.flush()
                 self._last_draw, self._shown = now, True
-        elif done % self._every == 0 or done == self._total:
+        elif done // self._every > self._logged or done == self._total:
+            self._logged = done // self._every
             self._console.note(text)
 
     def close(self) -> None:

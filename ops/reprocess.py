@@ -11,7 +11,9 @@ came), a ``duplicate`` stays one, a ``job_failed`` re-evaluates its job. Callbac
 that never landed are not in the archive: they are in the dead-letter queue (``dlq replay``).
 
 A body that no longer decodes with this version's decoder is not published
-(the worker would only dead-letter it) and is reported as failed.
+(the worker would only dead-letter it) and is reported as failed. A callback
+whose body ``prune`` removed cannot be reprocessed: it is counted as pruned,
+not published, and its rows stay as they are.
 ``--dry-run`` publishes nothing and predicts each outcome (``ops.predict``).
 """
 
@@ -39,6 +41,8 @@ from schemas.decoding import PayloadDecodeError, decode_payload
 from schemas.message import Callback, callback_message
 
 PAGE = 200
+NOT_REPROCESSABLE = "not reprocessable"
+PRUNED_NOTE = "their archived bodies were removed by `prune`; their rows stay as they are"
 
 _SELECT = """
     SELECT id, received_at, content_type, body_sha256, body, outcome, analysis_id
@@ -99,12 +103,16 @@ async def reprocess_command(settings: Settings, args: argparse.Namespace, consol
             return await _dry_run(conn, args, console)
         total = await conn.fetchval(_COUNT, *_filters(args))
         total = total if args.limit is None else min(total, args.limit)
-        counts: collections.Counter[str] = collections.Counter({"published": 0, "failed": 0})
+        counts: collections.Counter[str] = collections.Counter({"published": 0, "failed": 0, "pruned": 0})
         async with connect.broker(settings) as (_connection, _channel, declared):
             progress = Progress(console, "reprocessing", total)
             pacer = Pacer(args.rate)
             try:
                 async for row in _archived(conn, args):
+                    if row["body"] is None:
+                        counts["pruned"] += 1
+                        progress.update(sum(counts.values()), **counts)
+                        continue
                     try:
                         _callback(row)
                     except PayloadDecodeError as e:
@@ -122,11 +130,13 @@ async def reprocess_command(settings: Settings, args: argparse.Namespace, consol
                                 f" --since {row['received_at'].isoformat()} to go on from there"
                             ) from None
                         counts["published"] += 1
-                    progress.update(counts["published"] + counts["failed"], **counts)
+                    progress.update(sum(counts.values()), **counts)
             finally:
                 progress.close()
-    console.say(f"published {counts['published']} for reprocessing, failed {counts['failed']};"
-                " the workers rewrite them (their ledger rows get a new processed_at)")
+    console.say(f"published {counts['published']} for reprocessing, failed {counts['failed']},"
+                f" pruned {counts['pruned']}; the workers rewrite them (their ledger rows get a new processed_at)")
+    if counts["pruned"]:
+        console.note(f"{counts['pruned']} not reprocessable: {PRUNED_NOTE}")
     return 1 if counts["failed"] else 0
 
 
@@ -135,6 +145,10 @@ async def _dry_run(conn: asyncpg.Connection, args: argparse.Namespace, console: 
     async for row in _archived(conn, args):
         shown = {"message_id": str(row["id"]), "received_at": when(row["received_at"]),
                  "analysis_id": str(row["analysis_id"] or ""), "outcome": row["outcome"]}
+        if row["body"] is None:
+            shown["effect"] = f"{NOT_REPROCESSABLE}: body pruned"
+            chosen.append((shown, None))
+            continue
         try:
             chosen.append((shown, _callback(row)))
         except PayloadDecodeError as e:

@@ -98,6 +98,13 @@ def _positive_float(raw: str) -> float:
     return value
 
 
+def _fraction(raw: str) -> float:
+    value = float(raw)
+    if not 0 <= value <= 1:
+        raise ValueError("must be between 0 and 1")
+    return value
+
+
 def _choice(*allowed: str) -> Callable[[str], str]:
     def parse(raw: str) -> str:
         if raw.lower() not in allowed:
@@ -225,6 +232,11 @@ class Settings:
         "FLOWSCRIBE_DATABASE_RETRY_MAX_DELAY", 30.0, _positive_float,
         "Longest pause between attempts while the database is unreachable; the worker"
         " holds its batch and retries until it is back (nothing is dead-lettered for it).",
+    )
+    drift_sample_rate: float = _setting(
+        "FLOWSCRIBE_DRIFT_SAMPLE_RATE", 0.01, _fraction,
+        "Share of callbacks (0 to 1) a worker also checks for fields and objects the payload Structs"
+        " do not know (schema drift: `flowscribe-ingest drift`). 0: off; 1: every callback.",
     )
     worker_http_host: str = _setting(
         "FLOWSCRIBE_WORKER_HTTP_HOST", "0.0.0.0", str,

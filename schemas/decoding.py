@@ -30,7 +30,7 @@ from schemas import dates
 from schemas.payload import XML_NAMESPACES, Payload
 from schemas.xml_encoding import AmbiguousEncoding, charset_of, imposed_encoding
 
-__all__ = ["MAX_JSON_DEPTH", "PayloadDecodeError", "decode_payload"]
+__all__ = ["MAX_JSON_DEPTH", "PayloadDecodeError", "decode_payload", "parse_xml"]
 
 
 class PayloadDecodeError(Exception):
@@ -194,7 +194,13 @@ class _XmlValueError(Exception):
         self.reason, self.path = reason, [where]
 
 
-def _decode_xml(body: bytes, content_type: str) -> Payload:
+def parse_xml(body: bytes, content_type: str) -> Any:
+    """The body's root element, parsed with the hardened settings; raises only PayloadDecodeError.
+
+    Public for the schema-drift check (schemas.drift), which reads the same tree
+    the decoder reads, never a more trusting one. ``content_type``'s charset is
+    how a body without an encoding declaration is read (schemas.xml_encoding).
+    """
     # A DataContract body never has a DTD, and a DTD is how every entity attack
     # starts; this catches it before parsing in UTF-8. Other encodings (UTF-16)
     # reach the parser, whose settings keep entities unexpanded and offline, and
@@ -213,6 +219,11 @@ def _decode_xml(body: bytes, content_type: str) -> Payload:
     info = root.getroottree().docinfo
     if info.doctype or info.internalDTD is not None or info.externalDTD is not None:
         raise _error("invalid XML payload: DOCTYPE/DTD or entity declarations are not allowed")
+    return root
+
+
+def _decode_xml(body: bytes, content_type: str) -> Payload:
+    root = parse_xml(body, content_type)
     tag = root.tag if isinstance(root.tag, str) else ""
     if not tag.startswith(_ROOT_NAMESPACE):
         # Every field would be unknown, and the callback stored as empty: refused instead.

@@ -78,6 +78,7 @@ def of_kind(kind: str) -> dict[str, dict[str, Any]]:
 def pod_specs() -> dict[str, dict[str, Any]]:
     specs = {name: doc["spec"]["template"]["spec"] for name, doc in of_kind("Deployment").items()}
     specs |= {name: doc["spec"]["template"]["spec"] for name, doc in of_kind("Job").items()}
+    specs |= {name: doc["spec"]["jobTemplate"]["spec"]["template"]["spec"] for name, doc in of_kind("CronJob").items()}
     return specs
 
 
@@ -171,7 +172,7 @@ class TestKubernetesManifests:
     """deploy/k8s: known kinds, real subcommands, probes on real endpoints and ports, real settings."""
 
     KINDS: ClassVar[dict[str, str]] = {
-        "Deployment": "apps/v1", "Service": "v1", "Job": "batch/v1", "ConfigMap": "v1",
+        "Deployment": "apps/v1", "Service": "v1", "Job": "batch/v1", "CronJob": "batch/v1", "ConfigMap": "v1",
         "ScaledObject": "keda.sh/v1alpha1", "TriggerAuthentication": "keda.sh/v1alpha1",
         "Kustomization": "kustomize.config.k8s.io/v1beta1",
     }
@@ -184,6 +185,7 @@ class TestKubernetesManifests:
         assert set(of_kind("Deployment")) == {"flowscribe-gateway", "flowscribe-worker"}
         assert set(of_kind("Service")) == {"flowscribe-gateway"}
         assert set(of_kind("Job")) == {"flowscribe-migrate"}
+        assert set(of_kind("CronJob")) == {"flowscribe-prune"}
         assert set(of_kind("ScaledObject")) == {"flowscribe-worker"}
         (kustomization,) = [doc for doc in docs if doc["kind"] == "Kustomization"]
         assert set(kustomization["resources"]) == {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
@@ -193,8 +195,8 @@ class TestKubernetesManifests:
         for name, spec in pod_specs().items():
             for container in containers(spec):
                 assert container["image"] == "flowscribe-ingest:latest", name
-                assert container["args"][0] in COMMANDS, (name, container["args"])
-                build_parser().parse_args(container["args"])  # the whole command line parses
+                args = build_parser().parse_args(container["args"])  # the whole command line parses
+                assert container["args"][0] in COMMANDS or hasattr(args, "ops_command"), (name, container["args"])
                 names = {e["name"] for e in container.get("env", [])}
                 assert names <= SETTING_NAMES, names - SETTING_NAMES
                 container_settings(container)  # every value parses
@@ -254,6 +256,16 @@ class TestKubernetesManifests:
         auth = of_kind("TriggerAuthentication")[trigger["authenticationRef"]["name"]]
         (secret,) = auth["spec"]["secretTargetRef"]
         assert (secret["parameter"], secret["name"], secret["key"]) == ("host", "flowscribe", "amqp-url")
+
+
+    def test_the_prune_cronjob_runs_one_at_a_time_and_stops_gracefully(self):
+        (cron,) = of_kind("CronJob").values()
+        assert cron["spec"]["concurrencyPolicy"] == "Forbid"
+        job = cron["spec"]["jobTemplate"]["spec"]
+        (container,) = job["template"]["spec"]["containers"]
+        args = build_parser().parse_args(container["args"])
+        assert args.command == "prune" and args.older_than and not args.dry_run
+        assert job["template"]["spec"]["restartPolicy"] in ("OnFailure", "Never")
 
 
 class TestDockerfile:

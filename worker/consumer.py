@@ -51,6 +51,7 @@ from store.batch import BatchResult
 from store.outcomes import Outcome
 from worker.acks import AckWindow
 from worker.budget import BodyBudget, RowBudget
+from worker.drift_log import DriftLog
 from worker.failures import Fault
 from worker.landing import Landing
 from worker.metrics import WorkerMetrics
@@ -84,6 +85,7 @@ class Worker:
 
     def __init__(self, settings: Settings, pool: asyncpg.Pool) -> None:
         self._settings = settings
+        self._drift: DriftLog | None = None  # checks a sample of the callbacks for fields the Structs do not know
         self._inbox: asyncio.Queue[AbstractIncomingMessage | None] = asyncio.Queue()
         self._carried: deque[AbstractIncomingMessage] = deque()  # left out of a batch closed by the row budget
         self._consumer: tuple[AbstractQueue, str] | None = None
@@ -115,6 +117,9 @@ class Worker:
 
     def use_broker(self, broker: BrokerSession[Topology]) -> None:
         self._broker = broker
+
+    def use_drift_log(self, drift: DriftLog) -> None:
+        self._drift = drift
 
     async def attach(self, channel: AbstractChannel, declared: Topology) -> None:
         """Start consuming on a (new) channel; called by the broker session on every connect."""
@@ -331,6 +336,8 @@ class Worker:
                 continue
             messages[callback.id] = message
             callbacks.append(callback)
+            if self._drift is not None and not callback.reprocess:
+                self._drift.check(callback.id, callback.received_at, callback.body, callback.content_type)
             rows += _rows_of(callback)
             if self.rows.held + rows >= self.rows.limit and i + 1 < len(batch):
                 # The row budget is reached: the rest waits for the next batch, so a huge

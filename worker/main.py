@@ -12,6 +12,7 @@ from runtime.settings import Settings
 from schemas import topology
 from store.timestamps import exact_timestamps
 from worker.consumer import WRITES_IN_FLIGHT, Worker
+from worker.drift_log import drift_log
 from worker.http import Readiness, serving
 
 log = logging.getLogger("worker")
@@ -32,14 +33,17 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> Worker:
         init=exact_timestamps,  # 0001-01-01 and 9999-12-31 as instants, not -infinity/infinity
     ) as pool:
         worker = Worker(settings, pool)
-        async with BrokerSession(
-            settings.amqp_url, "worker", declare=topology.declare, prefetch=settings.worker_prefetch,
-            on_ready=worker.attach,
-        ) as broker:
-            worker.use_broker(broker)
-            async with serving(settings, worker.metrics.registry, Readiness(broker, pool)) as port:
-                worker.http_port = port
-                log.info("worker started", extra={"batch_size": settings.batch_size,
-                                                  "prefetch": settings.worker_prefetch})
-                await worker.run(stop)
+        # Around the broker session: the last sightings are flushed after the last batch.
+        async with drift_log(pool, worker.metrics.registry, settings.drift_sample_rate) as drift:
+            worker.use_drift_log(drift)
+            async with BrokerSession(
+                settings.amqp_url, "worker", declare=topology.declare, prefetch=settings.worker_prefetch,
+                on_ready=worker.attach,
+            ) as broker:
+                worker.use_broker(broker)
+                async with serving(settings, worker.metrics.registry, Readiness(broker, pool)) as port:
+                    worker.http_port = port
+                    log.info("worker started", extra={"batch_size": settings.batch_size,
+                                                      "prefetch": settings.worker_prefetch})
+                    await worker.run(stop)
     return worker
