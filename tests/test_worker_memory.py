@@ -15,6 +15,7 @@ from tests.support import JSON_SAMPLE, eventually
 from tests.test_pipeline import T0, publish_as_gateway
 from tests.test_worker import _count_is, queue_depth
 from worker import consumer
+from worker.budget import BodyBudget
 
 BODY_BYTES = 100_000
 
@@ -91,3 +92,30 @@ class TestRowBudget:
         batches = worker.metrics.registry.get_sample_value("flowscribe_batch_size_count")
         assert batches == 6
         assert worker.rows.peak <= 5 + 13  # the limit, and the one callback that crossed it
+
+
+class TestBodyBudgetAccount:
+    """The account itself (worker.budget), without a broker."""
+
+    def test_starts_assuming_the_largest_body_then_widens(self) -> None:
+        budget = BodyBudget(limit=100, most_prefetch=30, largest_body=40)
+        assert budget.prefetch() == 2  # two bodies of the largest size the gateway takes
+        for _ in range(2):
+            assert budget.admit(3)
+        assert budget.resize(current=2, seen=2)  # a round of small bodies: room for more
+        assert budget.prefetch() == 30  # (100 - 6) // 3, at most the configured prefetch
+
+    def test_a_body_that_does_not_fit_is_refused_unless_nothing_is_held(self) -> None:
+        budget = BodyBudget(limit=100, most_prefetch=30, largest_body=10)
+        assert budget.admit(150)  # alone: it lands on its own
+        assert not budget.admit(1)
+        budget.release(150)
+        assert budget.admit(60) and not budget.admit(60) and budget.handed_back == 2
+        assert budget.peak == 150 and budget.prefetch() == 0  # no room for the largest seen: wait
+
+    def test_narrows_at_once_when_bodies_grow(self) -> None:
+        budget = BodyBudget(limit=100, most_prefetch=30, largest_body=1)
+        budget.admit(1)
+        assert not budget.resize(current=30, seen=1)
+        budget.admit(20)
+        assert budget.resize(current=30, seen=2)  # 30 bodies of 20 would not fit
