@@ -4,10 +4,10 @@
     python -m bench.launch gateway --noop-publish    # the HTTP ceiling
     python -m bench.launch worker --no-per-message-logs   # a prototype of a proposal
 
-Changes are applied by replacing names at import time, never by editing the
-product: ``--noop-publish`` swaps the handler's ``publish_callback`` for one that
-answers a fresh id at once, so the app, middlewares, checks, body reading,
-logging and server options stay the product's own.
+Never by editing the product: ``--noop-publish`` hands the gateway's own
+``serve`` (and so ``create_app``) a ``publish`` that answers a fresh id at once,
+so the app, middlewares, checks, body reading, logging and server options stay
+the product's own. The prototypes below still replace names at import time.
 """
 
 from __future__ import annotations
@@ -17,13 +17,24 @@ import sys
 import uuid
 
 
-def _noop_publish() -> None:
-    import gateway.app
+def _gateway_publishing_nothing() -> int:
+    """The gateway command (one process), with a publish that answers at once: the HTTP ceiling."""
+    import asyncio
+
+    from gateway.server import check_startable, serve
+    from runtime import logs
+    from runtime.serving import listening_socket
+    from runtime.settings import Settings
 
     async def publish_nothing(broker: object, body: bytes, content_type: str, timeout: float) -> str:
         return str(uuid.uuid4())
 
-    gateway.app.publish_callback = publish_nothing  # type: ignore[attr-defined]
+    settings = Settings.from_env()
+    logs.configure("gateway", settings.log_format, settings.log_level)
+    check_startable(settings)
+    sock = listening_socket(settings.gateway_host, settings.gateway_port)
+    asyncio.run(serve(settings, sock, publish=publish_nothing))
+    return 0
 
 
 def _plan_cache_mode(mode: str) -> None:
@@ -64,12 +75,12 @@ def main() -> int:
     parser.add_argument("--plan-cache-mode", choices=["auto", "force_custom_plan", "force_generic_plan"],
                         help="worker: PostgreSQL plan_cache_mode on its pool")
     args = parser.parse_args()
-    if args.noop_publish:
-        _noop_publish()
     if args.no_per_message_logs:
         _no_per_message_logs()
     if args.plan_cache_mode:
         _plan_cache_mode(args.plan_cache_mode)
+    if args.noop_publish:
+        return _gateway_publishing_nothing()
     from flowscribe_ingest.cli import main as cli_main
 
     return cli_main([args.command])

@@ -1,4 +1,4 @@
-"""The process commands: ``migrate``, ``gateway``, ``worker``; and ``token new``.
+"""The process commands: ``migrate``, ``gateway``, ``worker``, ``console``; and ``token new``.
 
 Each is imported by the command line only when it runs (runtime.handlers.lazy),
 and imports its process only then.
@@ -80,6 +80,18 @@ def worker(settings: Settings) -> int:
             await run_worker(settings, stop)
 
     asyncio.run(work())
+    return 0
+
+
+@_process
+def console(settings: Settings) -> int:
+    """Serve the operator's console until SIGTERM/SIGINT."""
+    from console.app import check_startable
+    from console.server import serve
+    from runtime.serving import listening_socket
+
+    check_startable(settings)
+    asyncio.run(serve(settings, listening_socket(settings.console_host, settings.console_port)))
     return 0
 
 

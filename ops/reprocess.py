@@ -39,6 +39,7 @@ from runtime.settings import Settings
 from schemas import topology
 from schemas.decoding import PayloadDecodeError, decode_payload
 from schemas.message import Callback, callback_message
+from store.connection import Connection
 
 PAGE = 200
 NOT_REPROCESSABLE = "not reprocessable"
@@ -51,9 +52,10 @@ _SELECT = """
       AND ($2::timestamptz IS NULL OR received_at < $2)
       AND ($3::uuid[] IS NULL OR analysis_id = ANY($3))
       AND ($4::text[] IS NULL OR outcome = ANY($4))
-      AND (received_at, id) > ($5, $6)
+      AND ($5::uuid[] IS NULL OR id = ANY($5))
+      AND (received_at, id) > ($6, $7)
     ORDER BY received_at, id
-    LIMIT $7
+    LIMIT $8
 """
 _COUNT = """
     SELECT count(*) FROM flowscribe.callbacks
@@ -61,14 +63,15 @@ _COUNT = """
       AND ($2::timestamptz IS NULL OR received_at < $2)
       AND ($3::uuid[] IS NULL OR analysis_id = ANY($3))
       AND ($4::text[] IS NULL OR outcome = ANY($4))
+      AND ($5::uuid[] IS NULL OR id = ANY($5))
 """
 
 
 def _filters(args: argparse.Namespace) -> tuple[object, ...]:
-    return (args.since, args.until, args.analysis_id or None, args.outcome or None)
+    return (args.since, args.until, args.analysis_id or None, args.outcome or None, getattr(args, "id", None) or None)
 
 
-async def _archived(conn: asyncpg.Connection, args: argparse.Namespace) -> AsyncIterator[asyncpg.Record]:
+async def _archived(conn: Connection, args: argparse.Namespace) -> AsyncIterator[asyncpg.Record]:
     """Chosen ledger rows in receive order, a page at a time (bodies can be large)."""
     after: tuple[datetime.datetime, uuid.UUID] = (datetime.datetime.min.replace(tzinfo=datetime.UTC), uuid.UUID(int=0))
     left = args.limit
@@ -140,11 +143,13 @@ async def reprocess_command(settings: Settings, args: argparse.Namespace, consol
     return 1 if counts["failed"] else 0
 
 
-async def _dry_run(conn: asyncpg.Connection, args: argparse.Namespace, console: Console) -> int:
+async def preview(conn: Connection, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """For each chosen callback (receive order): its id, receive time, analysis, outcome now, and
+    ``effect``, the predicted outcome of reprocessing it (``--dry-run``; the console shows the same)."""
     chosen: list[tuple[dict[str, Any], Callback | None]] = []
     async for row in _archived(conn, args):
-        shown = {"message_id": str(row["id"]), "received_at": when(row["received_at"]),
-                 "analysis_id": str(row["analysis_id"] or ""), "outcome": row["outcome"]}
+        shown: dict[str, Any] = {"message_id": str(row["id"]), "received_at": row["received_at"],
+                                 "analysis_id": str(row["analysis_id"] or ""), "outcome": row["outcome"]}
         if row["body"] is None:
             shown["effect"] = f"{NOT_REPROCESSABLE}: body pruned"
             chosen.append((shown, None))
@@ -156,13 +161,18 @@ async def _dry_run(conn: asyncpg.Connection, args: argparse.Namespace, console: 
             chosen.append((shown, None))
     decodable = [cb for _, cb in chosen if cb is not None]
     effects = iter(await predict.predict(conn, decodable) if decodable else [])
-    tally: collections.Counter[str] = collections.Counter()
     for shown, callback in chosen:
         if callback is not None:
             shown["effect"] = next(effects)
-        tally[shown["effect"].partition(":")[0]] += 1
+    return [shown for shown, _ in chosen]
+
+
+async def _dry_run(conn: asyncpg.Connection, args: argparse.Namespace, console: Console) -> int:
+    chosen = await preview(conn, args)
+    tally = collections.Counter(shown["effect"].partition(":")[0] for shown in chosen)
     table(console, [("message_id", "CALLBACK ID"), ("received_at", "RECEIVED"), ("analysis_id", "ANALYSIS"),
-                    ("outcome", "OUTCOME NOW"), ("effect", "WOULD")], [s for s, _ in chosen])
+                    ("outcome", "OUTCOME NOW"), ("effect", "WOULD")],
+          [{**shown, "received_at": when(shown["received_at"])} for shown in chosen])
     breakdown = ", ".join(f"{n} {effect}" for effect, n in tally.items())
     console.say(f"dry run: would reprocess {len(chosen)}" + (f" ({breakdown})" if breakdown else "")
                 + "; nothing was changed")

@@ -63,6 +63,42 @@ def _secret(raw: str) -> Secrets:
     return Secrets([raw.strip()]) if raw.strip() else Secrets()
 
 
+ROLES = ("view", "operate")
+_NAME = re.compile(r"[A-Za-z0-9._@-]+")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ConsoleCredential:
+    """One console login: who (the name the audit log shows), what they may do, and the secret."""
+
+    name: str
+    role: str  # view | operate
+    token: str = dataclasses.field(repr=False)
+
+
+def _console_credentials(raw: str) -> Secrets:
+    """``name:role:token`` entries, comma-separated (names and tokens unique)."""
+    credentials = []
+    for entry in (e.strip() for e in raw.split(",")):
+        if not entry:
+            continue
+        name, _, rest = entry.partition(":")
+        role, _, token = rest.partition(":")
+        if not (_NAME.fullmatch(name) and role in ROLES and _TOKEN.fullmatch(token)):
+            raise ValueError(
+                "each entry must be name:role:token, role view or operate, the name letters, digits"
+                " and . _ @ -, the token letters, digits and . _ ~ -"
+            )
+        credentials.append(ConsoleCredential(name, role, token))
+    if len({c.name for c in credentials}) < len(credentials) or len({c.token for c in credentials}) < len(credentials):
+        raise ValueError("names and tokens must each be unique")
+    return Secrets(credentials)
+
+
+def _names(raw: str) -> tuple[str, ...]:
+    return tuple(n.strip() for n in raw.split(",") if n.strip())
+
+
 def _networks(raw: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
     return tuple(ipaddress.ip_network(n.strip(), strict=False) for n in raw.split(",") if n.strip())
 
@@ -263,6 +299,28 @@ class Settings:
         "FLOWSCRIBE_API_KEY", Secrets(), _secret,
         "Flowscribe API key, sent by `flowscribe-ingest register` in the header named by"
         " `--api-key-header`; no other command reads it, none prints it.",
+    )
+
+    console_host: str = _setting(
+        "FLOWSCRIBE_CONSOLE_HOST", "127.0.0.1", str,
+        "Address the operator's console listens on (keep it private: see \"The console\").",
+    )
+    console_port: int = _setting(
+        "FLOWSCRIBE_CONSOLE_PORT", 8090, int, "Port of the operator's console (0: any free port)."
+    )
+    console_tokens: Secrets = _setting(
+        "FLOWSCRIBE_CONSOLE_TOKENS", Secrets(), _console_credentials,
+        "Console logins, comma-separated `name:role:token` (role `view` or `operate`). The name is"
+        " what the audit log shows; the token is the password.",
+    )
+    console_user_header: str = _setting(
+        "FLOWSCRIBE_CONSOLE_USER_HEADER", "", str,
+        "Trusted-header mode: the request header in which an authenticating proxy (one of"
+        " `FLOWSCRIBE_TRUSTED_PROXIES`) names the user; no login form then. Empty: off.",
+    )
+    console_operators: tuple[str, ...] = _setting(
+        "FLOWSCRIBE_CONSOLE_OPERATORS", (), _names,
+        "In trusted-header mode, the user names with the `operate` role; everyone else may only view.",
     )
 
     @classmethod

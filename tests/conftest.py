@@ -172,7 +172,15 @@ class RunningWorker:
 
     def __init__(self, settings: Settings) -> None:
         self.stop_event = asyncio.Event()
-        self.task: asyncio.Task[Worker] = asyncio.create_task(run_worker(settings, self.stop_event))
+        self.started: asyncio.Future[Worker] = asyncio.get_running_loop().create_future()
+        self.task: asyncio.Task[Worker] = asyncio.create_task(
+            run_worker(settings, self.stop_event, started=self.started.set_result))
+
+    async def http_port(self, timeout: float = 30) -> int:
+        """The port its HTTP server is bound to, once it is (what run_worker hands to ``started``)."""
+        worker = await asyncio.wait_for(asyncio.shield(self.started), timeout)
+        assert worker.http_port is not None
+        return worker.http_port
 
     async def stop(self, timeout: float = 30) -> Worker:
         self.stop_event.set()

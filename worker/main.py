@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 import asyncpg
 
@@ -18,8 +19,14 @@ from worker.http import Readiness, serving
 log = logging.getLogger("worker")
 
 
-async def run_worker(settings: Settings, stop: asyncio.Event) -> Worker:
-    """Run one worker until ``stop`` is set; returns it (with its counters) once stopped."""
+async def run_worker(
+    settings: Settings, stop: asyncio.Event, *, started: Callable[[Worker], object] | None = None
+) -> Worker:
+    """Run one worker until ``stop`` is set; returns it (with its counters) once stopped.
+
+    ``started`` is called with the worker once it serves HTTP (``worker.http_port``)
+    and consumes: how tests and tools learn its port without reading its log.
+    """
     async with asyncpg.create_pool(
         settings.database_url,
         min_size=0,
@@ -43,6 +50,8 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> Worker:
                 worker.use_broker(broker)
                 async with serving(settings, worker.metrics.registry, Readiness(broker, pool)) as port:
                     worker.http_port = port
+                    if started is not None:
+                        started(worker)
                     log.info("worker started", extra={"batch_size": settings.batch_size,
                                                       "prefetch": settings.worker_prefetch})
                     await worker.run(stop)
