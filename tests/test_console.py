@@ -258,7 +258,7 @@ class TestPreviewBindsTheAction:
             _, text = await olga.get(response.url.path)
             return text if "finished" in text else None
 
-        page = await eventually(finished, what="the replay job to finish")
+        page = await eventually(finished, what="the replay job to finish", timeout=60)
         assert "replayed 1, skipped 0, failed 0" in page
         assert [m.message_id for m in await drain(broker)] == [later]
         assert [m.message_id for m in await drain(broker, topology.CALLBACK_QUEUE)] == [shown]
@@ -331,7 +331,7 @@ class TestCommand:
         async def ready() -> bool:
             async with http.get(f"http://127.0.0.1:{listening['port']}/readyz") as response:
                 return response.status == 200
-        await eventually(ready, what="the console to be ready")
+        await eventually(ready, what="the console to be ready", timeout=60)
         assert await process.stop() == 0
         assert OPERATOR_TOKEN not in process.output
         refused = await CliProcess.start("console", {**env, "FLOWSCRIBE_CONSOLE_TOKENS": ""})
@@ -345,7 +345,7 @@ async def finished_job(client: Client, path: str) -> str:
         _, text = await client.get(path)
         return text if "finished" in text else None
 
-    return await eventually(done, what="the job to finish")
+    return await eventually(done, what="the job to finish", timeout=60)
 
 
 class TestBodiesExportAndReprocess:
