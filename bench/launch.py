@@ -99,7 +99,7 @@ def _plan_cache_mode(mode: str) -> None:
         kwargs["server_settings"] = {**(kwargs.get("server_settings") or {}), "plan_cache_mode": mode}
         return create_pool(*args, **kwargs)
 
-    asyncpg.create_pool = with_mode  # worker.consumer calls asyncpg.create_pool
+    asyncpg.create_pool = with_mode  # the worker's pool comes from it, through store.connection.create_pool
 
 
 def _no_per_message_logs() -> None:

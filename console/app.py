@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import asyncpg
 from aiohttp import web
 
 from console import actions, callbacks, keys, letters, login, overview, security
@@ -17,6 +16,7 @@ from console.sessions import SessionStore
 from runtime.amqp import BrokerSession
 from runtime.settings import Settings, SettingsError
 from schemas import topology
+from store.connection import create_pool
 
 HERE = Path(__file__).parent
 
@@ -35,8 +35,8 @@ def check_startable(settings: Settings) -> None:
 async def _database(app: web.Application) -> AsyncIterator[None]:
     # Custom plans always: the searches' filters are parameters, and a generic plan cannot know that a
     # content type or outcome is rare; it scans the whole ledger for one nobody sent (bench.console).
-    async with asyncpg.create_pool(app[keys.SETTINGS].database_url, min_size=1, max_size=4,
-                                   server_settings={"plan_cache_mode": "force_custom_plan"}) as pool:
+    async with create_pool(app[keys.SETTINGS].database_url, min_size=1, max_size=4,
+                             server_settings={"plan_cache_mode": "force_custom_plan"}) as pool:
         app[keys.POOL] = pool
         yield
 

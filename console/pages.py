@@ -12,6 +12,7 @@ from aiohttp import web
 
 from console import keys, security
 from ops.render import size, when
+from store.timestamps import as_text
 
 TEMPLATES = Path(__file__).parent / "templates"
 ENVIRONMENT = web.AppKey("templates", jinja2.Environment)
@@ -33,8 +34,9 @@ def _size(n: int | None) -> str:
 
 
 def _pretty(value: Any) -> str:
+    """A stored value exactly as stored: an instant to the microsecond (as PostgreSQL writes it in UTC)."""
     if isinstance(value, datetime.datetime):
-        return when(value)
+        return as_text(value)
     if isinstance(value, float):
         return f"{value:g}"
     if isinstance(value, (dict, list)):

@@ -20,6 +20,7 @@ from runtime.amqp import connection_url
 from runtime.errors import describe
 from runtime.settings import Settings, redact_url
 from schemas.topology import Topology, declare
+from store.connection import connect
 
 CONNECT_TIMEOUT = 10.0
 
@@ -67,7 +68,7 @@ async def broker(settings: Settings) -> AsyncIterator[tuple[AbstractConnection, 
 async def database(settings: Settings) -> AsyncIterator[asyncpg.Connection]:
     """One connection to the migrated database."""
     try:
-        conn = await asyncpg.connect(settings.database_url, timeout=CONNECT_TIMEOUT)
+        conn = await connect(settings.database_url, timeout=CONNECT_TIMEOUT)
     except Exception as e:  # noqa: BLE001
         raise unreachable("PostgreSQL", settings.database_url, e) from None
     try:

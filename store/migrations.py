@@ -14,6 +14,7 @@ from importlib import resources
 import asyncpg
 
 from store.analytics import set_reporting_time_zone, summarise_missing
+from store.connection import connect
 
 log = logging.getLogger("schemas.migrations")  # the name in the log schema, from before the move
 
@@ -38,14 +39,14 @@ def database_name(dsn: str) -> str:
 async def ensure_database(dsn: str) -> bool:
     """Create the database named in ``dsn`` if it is missing; True if created."""
     try:
-        conn = await asyncpg.connect(dsn)
+        conn = await connect(dsn)
     except asyncpg.InvalidCatalogNameError:
         pass
     else:
         await conn.close()
         return False
     name = database_name(dsn)
-    conn = await asyncpg.connect(dsn, database="postgres")
+    conn = await connect(dsn, database="postgres")
     try:
         quoted = '"' + name.replace('"', '""') + '"'
         try:
@@ -61,7 +62,7 @@ async def ensure_database(dsn: str) -> bool:
 async def migrate(dsn: str, reporting_time_zone: str = "") -> list[str]:
     """Apply pending migrations, then the reporting time zone if one is given; return the versions applied now."""
     await ensure_database(dsn)
-    conn = await asyncpg.connect(dsn)
+    conn = await connect(dsn)
     applied_now: list[str] = []
     try:
         await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK)

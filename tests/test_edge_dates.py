@@ -18,8 +18,12 @@ import pytest
 
 from schemas import topology
 from schemas.decoding import decode_payload
+from store.connection import connect
+from store.timestamps import as_text
+from tests.console_support import OPERATOR_TOKEN, Client, console  # noqa: F401
 from tests.support import JSON_SAMPLE, XML_SAMPLE, eventually
 from tests.test_decoding import JSON, XML, json_body, rejected, xml_body
+from tests.test_ops import ops
 from tests.test_pipeline import T0, publish_as_gateway
 from tests.test_worker import _dead_letters_n
 
@@ -138,3 +142,44 @@ class TestStored:
         assert set(letters) == set(refused)
         for letter in letters.values():
             assert re.search(r"ConversationAnalysisModel\.DateCreated", letter.headers[topology.HEADER_ERROR])
+
+
+class TestRead:
+    """Every process that reads the rows back (the console, the ops commands, Python on the analytics
+    views) gets the stored instant, beyond Python's years included, and shows it exactly."""
+
+    async def test_console_ops_and_views_read_the_edges(self, db, broker, settings, start_worker, console):  # noqa: F811
+        sent = {str(uuid.uuid4()): text for text in STORABLE}
+        message_ids = {}
+        for analysis_id, text in sent.items():
+            message_ids[analysis_id] = await publish_as_gateway(broker, _json_callback(text, analysis_id),
+                                                                received_at=T0, content_type=JSON)
+        start_worker()
+
+        async def all_landed() -> bool:
+            return await db.fetchval("SELECT count(*) FROM flowscribe.analyses") == len(sent)
+
+        await eventually(all_landed, what="every storable callback")
+
+        client = Client(console)
+        try:
+            await client.login(OPERATOR_TOKEN)
+            for analysis_id, text in sent.items():
+                response, page = await client.get(f"/callbacks/{message_ids[analysis_id]}")
+                assert response.status == 200, page[-2000:]
+                # Shown exactly, as PostgreSQL writes it in UTC: no -infinity, no cut fraction.
+                assert f"<td>{STORABLE[text]}</td>" in page, text
+        finally:
+            await client.close()
+
+        for argv in (["reprocess", "--all", "--dry-run"], ["prune", "--older-than", "1d", "--dry-run", "--json"],
+                     ["drift", "--json"]):
+            run = await ops(settings, *argv)
+            assert run.code == 0, (argv, run.err)
+
+        conn = await connect(settings.database_url)
+        try:
+            rows = await conn.fetch("SELECT date_created FROM flowscribe_analytics.conversations")
+        finally:
+            await conn.close()
+        assert {as_text(row["date_created"]) for row in rows} == set(STORABLE.values())

@@ -6,12 +6,10 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-import asyncpg
-
 from runtime.amqp import BrokerSession
 from runtime.settings import Settings
 from schemas import topology
-from store.timestamps import exact_timestamps
+from store.connection import create_pool
 from worker.consumer import WRITES_IN_FLIGHT, Worker
 from worker.drift_log import drift_log
 from worker.http import Readiness, serving
@@ -27,7 +25,7 @@ async def run_worker(
     ``started`` is called with the worker once it serves HTTP (``worker.http_port``)
     and consumes: how tests and tools learn its port without reading its log.
     """
-    async with asyncpg.create_pool(
+    async with create_pool(
         settings.database_url,
         min_size=0,
         max_size=WRITES_IN_FLIGHT + 1,  # one spare for the readiness probe
@@ -37,7 +35,6 @@ async def run_worker(
         # for `= ANY($1)` look-ups), and keep it as they grow. Planning each run
         # costs little next to a batch and measured 1.4x faster on growing tables.
         server_settings={"plan_cache_mode": "force_custom_plan"},
-        init=exact_timestamps,  # 0001-01-01 and 9999-12-31 as instants, not -infinity/infinity
     ) as pool:
         worker = Worker(settings, pool)
         # Around the broker session: the last sightings are flushed after the last batch.
