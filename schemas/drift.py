@@ -10,8 +10,12 @@ decides and records), after the body has decoded, so it never decides a
 callback's fate and may cost a second parse.
 
 JSON and XML are read the way the decoders read them: JSON members by exact
-name; XML child elements by local name (namespaces ignored), the items of a
-list being the list element's children whatever their tag.
+name; XML elements by the decoder's own plan (schemas.decoding.plans.XML_PLAN),
+so a field is only an element of its name in its Struct's DataContract
+namespace, and a list's items are its children in the item Struct's namespace.
+Any other element is one the decoder ignores, hence drift: named by its local
+name when in the object's namespace, else with its namespace, ``{urn:x}Name``
+(``{}Name`` for none), since a known local name elsewhere is still unknown.
 
 Names come from the vendor's body, i.e. from outside: each is made printable
 (control and other unprintable characters escaped) and cut to ``MAX_NAME``
@@ -22,13 +26,13 @@ table, the metric labels and the logs they reach stay small and safe.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
 from typing import Any
 
 import msgspec
 import msgspec.inspect as mi
 
 from schemas.decoding import parse_xml
+from schemas.decoding.plans import LIST, STRUCT, XML_PLAN, XmlPlan
 from schemas.payload import Payload
 
 __all__ = ["FIELD", "OBJECT", "ROOT", "known_fields", "printable", "unknown_fields"]
@@ -90,8 +94,7 @@ def unknown_fields(body: bytes, content_type: str | None) -> Unknown:
     found: Unknown = {}
     media = (content_type or "").partition(";")[0].strip().lower()
     if "xml" in media:
-        root = parse_xml(body, content_type or "")
-        _xml(list(_children(root, _PAYLOAD.known, _PAYLOAD.name, found)), _PAYLOAD, found)
+        _xml(parse_xml(body, content_type or ""), XML_PLAN, ROOT, found)
     else:
         if body.startswith(b"\xef\xbb\xbf"):
             body = body[3:]
@@ -133,26 +136,32 @@ def _json(objects: list[Any], shape: _Shape, found: Unknown) -> None:
 # --- XML: objects are elements, members their child elements -----------------
 
 
-def _local(elem: Any) -> str:
-    tag = elem.tag
-    return tag.rpartition("}")[2] if isinstance(tag, str) else ""
+def _xml_name(tag: str, namespace: str) -> str:
+    """An element's name as drift reports it: the local name in ``namespace``, else with its own."""
+    uri, brace, local = tag[1:].partition("}") if tag.startswith("{") else ("", "", tag)
+    if not brace:
+        return "{}" + tag  # no namespace at all
+    return local if uri == namespace else tag
 
 
-def _children(elem: Any, known: frozenset[str], obj: str, found: Unknown) -> Iterable[tuple[str, Any]]:
-    """The members of one object element, noting those ``known`` lacks."""
-    for child in elem:
-        name = _local(child)
-        if name not in known and name:
-            _note(found, obj, name, OBJECT if len(child) else FIELD)
-        yield name, child
+def _kind(elem: Any) -> str:
+    return OBJECT if len(elem) else FIELD
 
 
-def _xml(members: list[tuple[str, Any]], shape: _Shape, found: Unknown) -> None:
-    by_name: dict[str, list[Any]] = {}
-    for name, child in members:
-        by_name.setdefault(name, []).append(child)
-    for member, is_list, sub in shape.nested:
-        for elem in by_name.get(member, ()):
-            items = list(elem) if is_list else [elem]
-            for item in items:
-                _xml(list(_children(item, sub.known, sub.name, found)), sub, found)
+def _xml(elem: Any, plan: XmlPlan, obj: str, found: Unknown) -> None:
+    """Check one object element against its Struct's plan (``obj``: the name it is reported under)."""
+    for child in elem:  # elements only: the parser drops comments and processing instructions
+        entry = plan.get(child.tag)
+        if entry is None:
+            _note(found, obj, _xml_name(child.tag, plan.namespace), _kind(child))
+            continue
+        name, kind, sub = entry
+        if kind == STRUCT:
+            _xml(child, sub, name, found)
+        elif kind == LIST:
+            item_namespace, item_plan = sub
+            for item in child:
+                if item.tag.startswith(item_namespace):
+                    _xml(item, item_plan, name, found)
+                else:  # not an item to the decoder
+                    _note(found, name, _xml_name(item.tag, item_plan.namespace), _kind(item))

@@ -10,7 +10,10 @@ import uuid
 import asyncpg
 
 from runtime.metrics import new_registry
+from schemas.decoding import decode_payload
 from schemas.drift import MAX_NAME, MAX_PER_BODY, known_fields, unknown_fields
+from schemas.payload import COMMON_NAMESPACE as COMMON
+from schemas.payload import MODELS_NAMESPACE as MODELS
 from tests.support import JSON_SAMPLE, XML_SAMPLE, TcpProxy, eventually
 from tests.test_ops import ops
 from tests.test_pipeline import post
@@ -55,6 +58,22 @@ class TestDetection:
         assert unknown_fields(drifted_xml(), "application/xml") == {
             ("ConversationSentences", "Pitch"): "field",
             ("ConversationAnalysisModel", "CallMetadata"): "object",
+        }
+
+    def test_xml_elements_the_decoder_ignores_are_drift(self):
+        """The decoder reads a field only in its contract's namespace: a known local name in another
+        namespace, or none, is an unknown element to it, so drift names it, with its namespace."""
+        body = XML_SAMPLE.replace(
+            b"<d2p1:ExtraInfo>",
+            b'<e:ExtraInfo xmlns:e="urn:evil">EVIL</e:ExtraInfo><ExtraInfo xmlns="">bare</ExtraInfo>'
+            b"<ExtraInfo>in the Models namespace</ExtraInfo><d2p1:ExtraInfo>", 1,
+        ).replace(b"</JobStatus>", b'<c:JobID xmlns:c="%s">5</c:JobID></JobStatus>' % COMMON.encode(), 1)
+        assert decode_payload(body, "application/xml") == decode_payload(XML_SAMPLE, "application/xml")
+        assert unknown_fields(body, "application/xml") == {
+            ("ConversationSentences", "{urn:evil}ExtraInfo"): "field",
+            ("ConversationSentences", "{}ExtraInfo"): "field",
+            ("ConversationSentences", f"{{{MODELS}}}ExtraInfo"): "field",
+            ("JobStatus", f"{{{COMMON}}}JobID"): "field",
         }
 
     def test_names_from_the_body_are_escaped_bounded_and_few(self):

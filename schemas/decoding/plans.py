@@ -18,10 +18,21 @@ from schemas.payload import XML_NAMESPACES, Payload
 
 _STR, _FLOAT, _SCALAR, _DATETIME, _STRUCT, _LIST = range(6)  # _SCALAR: int, bool, UUID
 STR, FLOAT, SCALAR, DATETIME, STRUCT, LIST = _STR, _FLOAT, _SCALAR, _DATETIME, _STRUCT, _LIST
-# "{namespace}Name" (lxml's tag) -> (field name, kind, sub-plan); a list's sub-plan is
-# (its items' "{namespace}", their plan).
-_Plan = dict[str, tuple[str, int, Any]]
-XmlPlan = _Plan
+
+
+class XmlPlan(dict[str, tuple[str, int, Any]]):
+    """One Struct's fields as XML elements: "{namespace}Name" (lxml's tag) -> (field name, kind,
+    sub-plan); a list's sub-plan is (its items' "{namespace}", their plan). The one definition of
+    which element is which field: the decoder reads by it, schema drift names what it lacks."""
+
+    __slots__ = ("namespace",)
+
+    def __init__(self, namespace: str) -> None:
+        super().__init__()
+        self.namespace = namespace  # the Struct's DataContract namespace (its fields' elements are in it)
+
+
+_Plan = XmlPlan
 
 
 def _unwrap(t: Any) -> Any:
@@ -35,8 +46,8 @@ def _namespace(struct: mi.StructType) -> str:
 
 
 def _xml_plan(struct: mi.StructType) -> _Plan:
-    namespace = f"{{{_namespace(struct)}}}"
-    plan: _Plan = {}
+    plan = XmlPlan(_namespace(struct))
+    namespace = f"{{{plan.namespace}}}"
     for f in struct.fields:
         t = _unwrap(f.type)
         tag = namespace + f.encode_name
