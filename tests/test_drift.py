@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import datetime
 import json
+import urllib.parse
 import uuid
+
+import asyncpg
 
 from runtime.metrics import new_registry
 from schemas.drift import MAX_NAME, MAX_PER_BODY, known_fields, unknown_fields
-from tests.support import JSON_SAMPLE, XML_SAMPLE, eventually
+from tests.support import JSON_SAMPLE, XML_SAMPLE, TcpProxy, eventually
 from tests.test_ops import ops
 from tests.test_pipeline import post
 from worker.drift_log import MAX_LABELLED, OTHER, DriftLog
@@ -96,9 +100,7 @@ class TestMetric:
         assert drift.check(uuid.uuid4(), datetime_now(), drifted_json(), "application/json") == {}
 
 
-def datetime_now():
-    import datetime
-
+def datetime_now() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
 
 
@@ -147,3 +149,30 @@ class TestEndToEnd:
         assert value("flowscribe_schema_drift_callbacks_total",
                      {"object": "ConversationSentenceScoring", "field": "Score_Brand"}) == 2
         assert value("flowscribe_schema_drift_checked_callbacks_total") == 4
+
+
+class TestFlush:
+    """Sightings merge in memory and survive a database that is not there."""
+
+    async def test_a_failed_flush_keeps_what_it_held_for_the_next(self, settings, db):
+        target = urllib.parse.urlsplit(settings.database_url)
+        proxy = TcpProxy(target.hostname or "127.0.0.1", target.port or 5432)
+        await proxy.open()
+        await proxy.close()  # the database is "down" from the DriftLog's side
+        async with asyncpg.create_pool(proxy.url(settings.database_url), min_size=0) as pool:
+            drift = DriftLog(pool=pool, registry=new_registry(), sample_rate=1.0)
+            first, last = uuid.uuid4(), uuid.uuid4()
+            t0 = datetime_now()
+            drift.check(first, t0, drifted_json(), "application/json")
+            await drift.flush()  # fails: logged, held
+            later = t0.replace(year=t0.year + 1)
+            drift.check(last, later, drifted_json(), "application/json")
+            await proxy.open()  # the database is back
+            try:
+                await drift.flush()
+            finally:
+                await proxy.close()
+        row = await db.fetchrow("SELECT * FROM flowscribe.schema_drift"
+                                " WHERE object = 'ConversationSentenceScoring' AND field = 'Score_Brand'")
+        assert (row["callbacks"], row["first_seen"], row["last_seen"]) == (2, t0, later)
+        assert row["example_callback_id"] == last
