@@ -12,11 +12,11 @@ from console import bodies, commands, forms, keys, ledger
 from console.audit import audit
 from console.pages import render
 from console.security import require_operator
+from schemas.message import CONTENT_TYPES
 from store.outcomes import RECORDED as OUTCOMES
 
 routes = web.RouteTableDef()
 
-CONTENT_TYPES = ("application/json", "application/xml", "text/json", "text/xml")
 
 
 def _id(request: web.Request) -> uuid.UUID:

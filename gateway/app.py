@@ -40,6 +40,7 @@ from runtime.amqp import BrokerSession
 from runtime.probes import add_probes
 from runtime.settings import Settings
 from schemas import topology
+from schemas.message import CONTENT_TYPES
 
 log = logging.getLogger("gateway")
 
@@ -58,7 +59,7 @@ CONTENT_TYPE = web.RequestKey("content_type", str)
 __all__ = ["CALLBACK_PATH", "create_app", "token_is_valid"]
 
 # Media types Flowscribe sends; the worker picks its decoder from the same value.
-ACCEPTED_TYPES = frozenset({"application/json", "text/json", "application/xml", "text/xml"})
+ACCEPTED_TYPES = frozenset(CONTENT_TYPES)
 # A charset name as IANA registers them; anything else is not a charset we can decode.
 _CHARSET = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:+-]{0,39}")
 

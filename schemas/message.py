@@ -23,6 +23,10 @@ from schemas import topology
 from schemas.decoding import decode_payload
 from schemas.payload import ConversationAnalysis, Payload
 
+# The media types a callback may be sent as (a `charset` parameter aside): the
+# gateway answers 415 to any other, the console's search offers these.
+CONTENT_TYPES = ("application/json", "application/xml", "text/json", "text/xml")
+
 
 def callback_message(
     body: bytes, content_type: str, *, message_id: str, received_at: datetime.datetime, reprocess: bool = False

@@ -13,7 +13,7 @@ import aiohttp
 import asyncpg
 import yaml
 
-from flowscribe_ingest.cli import COMMANDS
+from flowscribe_ingest.cli import COMMANDS, build_parser
 from runtime.settings import Settings
 from schemas import topology
 from schemas.payload import CHILD_TABLES
@@ -108,8 +108,9 @@ class TestCompose:
         """Long-running services are health-checked; app services wait for healthy dependencies; workers scale."""
         services = yaml.safe_load((ROOT / "compose.yaml").read_text())["services"]
         for name, service in services.items():
-            if "build" in service:  # ours: a real entry point, whatever the service's name
-                assert service["command"][0] in COMMANDS, name
+            if "build" in service:  # ours: a real command line, whatever the service's name
+                args = build_parser().parse_args(service["command"])
+                assert service["command"][0] in COMMANDS or hasattr(args, "ops_command"), name
             if service.get("restart") != "no":  # the one-shot `migrate` is judged by its exit status
                 assert service["healthcheck"]["test"], name
         for name in ("gateway", "worker"):
@@ -120,6 +121,20 @@ class TestCompose:
             assert f"http://127.0.0.1:{port}/readyz" in " ".join(services[name]["healthcheck"]["test"]), name
         worker = services["worker"]
         assert "container_name" not in worker and "ports" not in worker  # `--scale worker=N` must work
+
+    def test_console_and_prune_as_in_deploy(self):
+        """The console is published on the host's loopback only; prune runs the CronJob's command."""
+        services = yaml.safe_load((ROOT / "compose.yaml").read_text())["services"]
+        console = services["console"]
+        assert console["command"] == ["console"] and "console" in console["profiles"]
+        port = console["environment"]["FLOWSCRIBE_CONSOLE_PORT"]
+        assert console["ports"] == [f"127.0.0.1:{port}:{port}"]
+        assert f"http://127.0.0.1:{port}/readyz" in " ".join(console["healthcheck"]["test"])
+        cron = yaml.safe_load((ROOT / "deploy/k8s/prune-cronjob.yaml").read_text())
+        (container,) = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+        assert services["prune"]["command"] == container["args"] and services["prune"]["restart"] == "no"
+        for name in ("console", "prune"):
+            assert services[name]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
 
     def test_dockerfile_entrypoint_is_the_console_script(self):
         dockerfile = (ROOT / "Dockerfile").read_text()
