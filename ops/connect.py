@@ -15,8 +15,9 @@ import aio_pika
 import asyncpg
 from aio_pika.abc import AbstractChannel, AbstractConnection
 
-from flowscribe_ingest.amqp import connection_url
-from flowscribe_ingest.settings import Settings, redact_url
+from flowscribe_ingest.amqp import connect_any
+from flowscribe_ingest.settings import Settings
+from flowscribe_ingest.urls import redact_urls
 from ops.errors import OpsError
 from schemas.topology import Topology, declare
 from worker.failures import describe
@@ -26,12 +27,13 @@ CONNECT_TIMEOUT = 10.0
 
 @contextlib.asynccontextmanager
 async def broker(settings: Settings) -> AsyncIterator[tuple[AbstractConnection, AbstractChannel, Topology]]:
-    """A connection named ``flowscribe-ops@<host>``, a confirm channel on it, and the declared topology."""
+    """A connection named ``flowscribe-ops@<host>`` (to any node of the list that answers),
+    a confirm channel on it, and the declared topology."""
     try:
-        connection = await aio_pika.connect(connection_url(settings.amqp_url, "ops"), timeout=CONNECT_TIMEOUT)
+        connection = await connect_any(settings.amqp_url, "ops", timeout=CONNECT_TIMEOUT)
     except Exception as e:  # noqa: BLE001 - refused, DNS, auth, timeout: all mean the same to the operator
         raise OpsError(
-            f"cannot reach RabbitMQ at {redact_url(settings.amqp_url)}: {describe(e)};"
+            f"cannot reach RabbitMQ at {redact_urls(settings.amqp_url)}: {describe(e)};"
             " is it running? set FLOWSCRIBE_AMQP_URL"
         ) from None
     try:
@@ -49,18 +51,18 @@ async def broker(settings: Settings) -> AsyncIterator[tuple[AbstractConnection, 
 
 @contextlib.asynccontextmanager
 async def database(settings: Settings) -> AsyncIterator[asyncpg.Connection]:
-    """One connection to the migrated database."""
+    """One connection to the migrated database (with several hosts: the primary, see flowscribe_ingest.urls)."""
     try:
         conn = await asyncpg.connect(settings.database_url, timeout=CONNECT_TIMEOUT)
     except Exception as e:  # noqa: BLE001
         raise OpsError(
-            f"cannot reach PostgreSQL at {redact_url(settings.database_url)}: {describe(e)};"
+            f"cannot reach PostgreSQL at {redact_urls(settings.database_url)}: {describe(e)};"
             " is it running? set FLOWSCRIBE_DATABASE_URL"
         ) from None
     try:
         if await conn.fetchval("SELECT to_regclass('flowscribe.callbacks')") is None:
             raise OpsError(
-                f"the database at {redact_url(settings.database_url)} has no flowscribe tables;"
+                f"the database at {redact_urls(settings.database_url)} has no flowscribe tables;"
                 " run `flowscribe-ingest migrate` (or set FLOWSCRIBE_DATABASE_URL)"
             )
         yield conn

@@ -163,14 +163,34 @@ class Worker:
                     _done, writing = await asyncio.wait(writing, return_when=asyncio.FIRST_COMPLETED)
                 writing.add(asyncio.create_task(self._guarded(self._land(*prepared), batch)))
             if writing:
-                await asyncio.wait(writing)
+                await self._finish_writes(writing)
         finally:
             wake.cancel()
         await self._shutdown()
 
     async def _wake_on(self, stop: asyncio.Event) -> None:
         await stop.wait()
+        # From now on a held batch stops retrying at the deadline (see _land).
+        self._give_up_at = time.monotonic() + self._settings.shutdown_timeout
         self._inbox.put_nowait(None)  # unblocks _collect
+
+    async def _finish_writes(self, writing: set[asyncio.Task[None]]) -> None:
+        """Let the writes in flight finish until the shutdown deadline, then abandon them.
+
+        A write may be stuck in a statement, not between retries: a commit that
+        waits for a synchronous standby that is down waits as long as the standby
+        is. Abandoning it acks nothing, so the broker redelivers its messages;
+        whatever the server committed meanwhile is recognised by id then.
+        """
+        _done, pending = await asyncio.wait(
+            writing, timeout=max(0.0, self._give_up_at - time.monotonic())
+        )
+        if pending:
+            log.warning("writes still waiting at the shutdown deadline: leaving them to redelivery",
+                        extra={"writes": len(pending)})
+            for task in pending:
+                task.cancel()
+            await asyncio.wait(pending, timeout=5.0)
 
     async def _collect(self) -> list[AbstractIncomingMessage]:
         """The next batch: wait for one message, then take more until full or the wait is over."""
@@ -197,7 +217,7 @@ class Worker:
 
     async def _shutdown(self) -> None:
         self._stopping = True
-        self._give_up_at = time.monotonic() + self._settings.shutdown_timeout
+        self._give_up_at = min(self._give_up_at, time.monotonic() + self._settings.shutdown_timeout)
         if self._consumer is not None:
             queue, tag = self._consumer
             with contextlib.suppress(Exception):
@@ -275,14 +295,19 @@ class Worker:
                 async with self._pool.acquire(timeout=10) as conn:
                     try:
                         result = await write_batch(conn, callbacks)
-                    except (TimeoutError, OSError, asyncpg.InterfaceError):
-                        # A connection that timed out or lost its socket mid-statement
-                        # may be left mid-protocol; never hand it out again.
-                        conn.terminate()
+                    except Exception as e:
+                        if classify(e) is Fault.UNAVAILABLE:
+                            # A connection that timed out, lost its socket mid-statement
+                            # or finds itself on a read-only server is never handed out again.
+                            conn.terminate()
                         raise
             except Exception as e:  # noqa: BLE001 - classified below, nothing escapes
                 fault = classify(e)
                 if fault is Fault.UNAVAILABLE:
+                    # After a failover every pooled connection may be to the old primary
+                    # (dead, or back as a read-only standby): replace them all, so the
+                    # retry connects afresh to whichever host is the primary now.
+                    await self._pool.expire_connections()
                     self.metrics.database_unavailable()
                     if time.monotonic() >= self._give_up_at:
                         log.warning("database unavailable at shutdown: leaving batch to redelivery",

@@ -86,9 +86,13 @@ def lock_keys(callbacks: list[Callback]) -> list[int]:
 async def write_batch(conn: asyncpg.Connection, callbacks: list[Callback]) -> BatchResult:
     """Decide and write ``callbacks`` in one transaction; nothing is written if it raises."""
     async with conn.transaction():
+        # pg_current_xact_id() gives the transaction an id even when it writes
+        # nothing (a batch of redeliveries), so its commit waits for a synchronous
+        # standby like any other: a batch whose earlier commit was only local (its
+        # wait for the standby cut short) is acked only once the standby has it.
         await conn.execute(
-            "SELECT count(pg_advisory_xact_lock(k))"
-            " FROM (SELECT k FROM unnest($1::bigint[]) AS k ORDER BY k) AS keys",
+            "SELECT pg_current_xact_id(), (SELECT count(pg_advisory_xact_lock(k))"
+            " FROM (SELECT k FROM unnest($1::bigint[]) AS k ORDER BY k) AS keys)",
             lock_keys(callbacks),
         )
         stored = await read_stored(conn, callbacks)
