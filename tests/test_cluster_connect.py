@@ -183,11 +183,16 @@ class TestReadOnlyDatabase:
         try:
             worker = start_worker(database_retry_max_delay=0.5)
             analysis_id = uuid.uuid4()
-            await broker.default_exchange.publish(
-                aio_pika.Message(callback_body(analysis_id), message_id=str(uuid.uuid4()),
-                                 content_type="application/json",
-                                 headers={topology.HEADER_RECEIVED_AT: "2026-01-01T00:00:00+00:00"}),
-                routing_key=topology.CALLBACK_QUEUE)
+            # On a connection of its own: a channel that published to the callbacks queue stays
+            # its "enqueuer", and RabbitMQ 3.10 keeps nacking such a channel's publishes after a
+            # later test's max-length policy on that queue is cleared.
+            async with await aio_pika.connect(settings.amqp_url) as connection:
+                channel = await connection.channel()
+                await channel.default_exchange.publish(
+                    aio_pika.Message(callback_body(analysis_id), message_id=str(uuid.uuid4()),
+                                     content_type="application/json",
+                                     headers={topology.HEADER_RECEIVED_AT: "2026-01-01T00:00:00+00:00"}),
+                    routing_key=topology.CALLBACK_QUEUE)
             await eventually(lambda: _logged(caplog, "database unavailable: holding batch", "ReadOnly"),
                              timeout=20, what="the worker to hold its batch")
         finally:
