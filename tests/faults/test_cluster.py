@@ -24,6 +24,7 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestServer
 
+from flowscribe_ingest.amqp import connect_any
 from gateway.app import create_app
 from schemas import topology
 from schemas.migrations import migrate
@@ -73,9 +74,7 @@ def pg_pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivatePostgre
 
 @pytest.fixture
 async def cluster_channel(cluster: PrivateRabbitMQCluster) -> AsyncIterator[aio_pika.abc.AbstractChannel]:
-    """A channel on the cluster, topology declared, queues empty (reconnects if its node went away)."""
-    from flowscribe_ingest.amqp import connect_any
-
+    """A channel on the cluster, topology declared, queues empty."""
     connection = await connect_any(cluster.urls, "checker", timeout=10)
     channel = await connection.channel()
     await topology.declare(channel)
@@ -133,7 +132,7 @@ def report(scenario: str, verdict, history: History, commits: CommitWatch, fault
         assert verdict.passed, line
 
 
-async def _run_broker_fault(settings, http, db, cluster, channel, fault, scenario: str, *, seconds: float = 6.0,
+async def _run_broker_fault(settings, http, db, cluster, _channel, fault, scenario: str, *, seconds: float = 6.0,
                             extra=None) -> None:
     """A steady load through the stack on the cluster; ``fault`` (blocking, run in a thread) mid-way."""
     running = dataclasses.replace(settings, amqp_url=cluster.urls, publish_timeout=2.0)
@@ -149,9 +148,12 @@ async def _run_broker_fault(settings, http, db, cluster, channel, fault, scenari
         await asyncio.sleep(seconds)  # the load goes on after the fault, to show it flows again
         done.set()
         await sending
-        await wait_until_accounted(history, db, channel)
-        await stack.stop_workers()
-        verdict = await check(history, db, channel)
+        # The fixture's channel may have been on the node that died: a fresh one for the accounting.
+        async with await connect_any(cluster.urls, "checker", timeout=10) as connection:
+            channel = await connection.channel()
+            await wait_until_accounted(history, db, channel)
+            await stack.stop_workers()
+            verdict = await check(history, db, channel)
     report(scenario, verdict, history, commits, "fault", extra={**(details or {}), **(extra or {})})
 
 
