@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
-import hashlib
 import json
 import sys
 import time
@@ -22,11 +21,12 @@ from pathlib import Path
 
 import aio_pika
 
+from runtime.messages import publish_confirmed
 from schemas import topology
+from schemas.message import callback_message
 
 
 async def run(url: str, body: bytes, content_type: str, concurrency: int, duration: float, warmup: float) -> dict:
-    digest = hashlib.sha256(body).hexdigest()
     connection = await aio_pika.connect(url)
     async with connection:
         channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
@@ -40,17 +40,12 @@ async def run(url: str, body: bytes, content_type: str, concurrency: int, durati
         async def publisher() -> None:
             nonlocal errors
             while time.monotonic() < end:
-                now = datetime.datetime.now(datetime.UTC)
-                message = aio_pika.Message(
-                    body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT, message_id=str(uuid.uuid4()),
-                    content_type=content_type, timestamp=now,
-                    headers={topology.HEADER_RECEIVED_AT: now.isoformat(timespec="microseconds"),
-                             topology.HEADER_BODY_SHA256: digest},
-                )
+                # The gateway's own message, digest included (the gateway hashes every body too).
+                message = callback_message(body, content_type, message_id=str(uuid.uuid4()),
+                                           received_at=datetime.datetime.now(datetime.UTC))
                 t = time.perf_counter()
                 try:
-                    await exchange.publish(message, routing_key=topology.CALLBACK_ROUTING_KEY, mandatory=True,
-                                           timeout=10)
+                    await publish_confirmed(exchange, message, topology.CALLBACK_ROUTING_KEY, 10)
                 except Exception:  # noqa: BLE001 - counted, reported
                     errors += 1
                     continue

@@ -16,8 +16,9 @@ import uuid
 
 import asyncpg
 
-from worker.decoding import decode_payload
-from worker.rows import ANALYSIS_COLUMNS, CALLBACK_COLUMNS, CHILD_COLUMNS, Callback, analysis_row, child_rows
+from schemas.decoding import decode_payload
+from schemas.message import Callback
+from store.rows import ANALYSIS_COLUMNS, CALLBACK_COLUMNS, CHILD_COLUMNS, analysis_row, child_rows
 
 JOB_COLUMNS = ["job_id", "success", "error_msg", "analysis_id", "received_at", "callback_id"]
 

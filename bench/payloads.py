@@ -6,7 +6,7 @@ of one seed carry the same values and decode to the same ``Payload``:
 
 - JSON as the vendor's Json.NET sends it: compact, fields in the Structs' order;
 - XML as .NET's DataContractSerializer writes it, exactly like
-  ``tests/samples/vendor-sample.xml``: the two namespaces, the ``d2p1`` prefix
+  ``schemas/samples/vendor-sample.xml``: the two namespaces, the ``d2p1`` prefix
   inside the analysis, elements in ordinal (alphabetical) order, ``i:nil`` for
   nulls, one element per line.
 

@@ -136,12 +136,12 @@ class Recording:
 
 async def stages(services: Services, bodies: Any) -> dict[str, Any]:
     from bench import copy_ceiling
-    from flowscribe_ingest.logs import JsonFormatter
+    from runtime.logs import JsonFormatter
     from schemas import topology
-    from worker.consumer import to_callback
-    from worker.decoding import decode_payload
-    from worker.rows import CHILD_COLUMNS, analysis_row, child_rows
-    from worker.store import write_batch
+    from schemas.message import to_callback
+    from schemas.decoding import decode_payload
+    from store.rows import CHILD_COLUMNS, analysis_row, child_rows
+    from store.batch import write_batch
 
     n = 100
     variants = bodies.variants("typical", "json", start=5 * 10**6)
@@ -207,7 +207,7 @@ async def stages(services: Services, bodies: Any) -> dict[str, Any]:
 
 
 async def worker_profile(services: Services, bodies: Any, out: Path, n: int) -> dict[str, Any]:
-    from bench.__main__ import CommitWatcher, event_time, prefill
+    from bench.harness import CommitWatcher, event_time, prefill
     from bench.services import python_argv
 
     await services.reset()
@@ -228,7 +228,7 @@ async def worker_profile(services: Services, bodies: Any, out: Path, n: int) -> 
 
 
 async def gateway_profile(services: Services, bodies: Any, out: Path, seconds: float) -> dict[str, Any]:
-    from bench.__main__ import CALLBACK, load, start_gateway
+    from bench.harness import CALLBACK, load, start_gateway
 
     gateway, port = start_gateway(services, out, "profile-gateway")
     url = f"http://127.0.0.1:{port}{CALLBACK}{services.token}"
@@ -261,7 +261,7 @@ GATEWAY_VARIANTS: list[tuple[str, tuple[str, ...], dict[str, Any]]] = [
 
 
 async def prototypes(services: Services, bodies: Any, out: Path, n: int, seconds: float) -> dict[str, Any]:
-    from bench.__main__ import CALLBACK, drain, load, say, start_gateway
+    from bench.harness import CALLBACK, drain, load, say, start_gateway
 
     worker: dict[str, list[dict[str, Any]]] = {}
     for size, count, variants in (("typical", n, WORKER_VARIANTS), ("small", 10 * n, SMALL_WORKER_VARIANTS)):
@@ -290,7 +290,7 @@ async def prototypes(services: Services, bodies: Any, out: Path, n: int, seconds
 
 async def plan_cache(services: Services, bodies: Any, out: Path, n: int) -> list[dict[str, Any]]:
     """A backlog drained into emptied tables: the product, and each plan_cache_mode (see launch._plan_cache_mode)."""
-    from bench.__main__ import drain
+    from bench.harness import drain
 
     runs = []
     for label, flags in (("product as is", ()),
@@ -305,7 +305,7 @@ async def plan_cache(services: Services, bodies: Any, out: Path, n: int) -> list
 
 async def large_in_hand(services: Services, bodies: Any, out: Path, n: int) -> list[dict[str, Any]]:
     """Worker memory with a full prefetch of large (2 MB) callbacks: default prefetch, then a small one."""
-    from bench.__main__ import drain
+    from bench.harness import drain
 
     runs = []
     for label, settings in (("default prefetch (3 x batch = 300)", {}), ("prefetch 20", {"worker_prefetch": 20})):
@@ -319,7 +319,7 @@ async def large_in_hand(services: Services, bodies: Any, out: Path, n: int) -> l
 async def run(services: Services, bodies: Any, out: Path, quick: bool = False) -> dict[str, Any]:
     import traceback
 
-    from bench.__main__ import say
+    from bench.harness import say
 
     steps = [
         ("stages_ms_per_100_typical", "stage costs in process", lambda: stages(services, bodies)),

@@ -29,7 +29,7 @@ import asyncpg
 import psutil
 
 from schemas import topology
-from schemas.migrations import migrate
+from store.migrations import migrate
 
 BASE_DATABASE_URL = os.environ.get("FLOWSCRIBE_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 BASE_AMQP_URL = os.environ.get("FLOWSCRIBE_BENCH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
@@ -364,13 +364,13 @@ def machine() -> dict[str, Any]:
     info["event_loop"] = event_loop()
     with contextlib.suppress(Exception):
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "gateway", "worker", "schemas", "flowscribe_ingest"],
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", *PRODUCT_DIRS],
                                capture_output=True, text=True, cwd=ROOT, timeout=10).stdout.strip()
         info["commit"] = out.stdout.strip() + (" + uncommitted changes in the product code" if dirty else "")
     return info
 
 
-PRODUCT_DIRS = ("gateway", "worker", "schemas", "flowscribe_ingest")
+PRODUCT_DIRS = ("flowscribe_ingest", "ops", "gateway", "worker", "store", "schemas", "runtime")
 
 
 def product_digest() -> str:

@@ -1,59 +1,27 @@
-"""The `flowscribe-ingest` command: one subcommand per process kind."""
+"""The `flowscribe-ingest` command: one subcommand per process kind, and the operator's tools.
+
+One dispatch mechanism: every subcommand names its handler with
+``set_defaults(run=lazy("package.module:function"))`` (runtime.handlers), imported
+only when that subcommand runs. A handler takes ``(settings, args)`` and returns
+the exit status; one that needs no settings (``token``) says so with
+``needs_settings=False`` and takes ``(args)``.
+"""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import logging
 import sys
 
-from flowscribe_ingest import logs, register
-from flowscribe_ingest.settings import Settings, SettingsError
 from ops import commands as ops_commands
+from ops import register
+from runtime.handlers import lazy
+from runtime.settings import Settings, SettingsError
 
-log = logging.getLogger("flowscribe_ingest")
-
-
-def _migrate(settings: Settings) -> int:
-    from schemas.migrations import migrate
-
-    applied = asyncio.run(migrate(settings.database_url))
-    log.info("database up to date", extra={"applied_now": applied})
-    return 0
-
-
-def _gateway(settings: Settings) -> int:
-    if settings.gateway_processes > 1:
-        # Forks the processes; none of them may inherit a running event loop.
-        from gateway.processes import serve_in_processes
-
-        return serve_in_processes(settings)
-    from flowscribe_ingest.serving import listening_socket
-    from gateway.server import check_startable, serve
-
-    check_startable(settings)
-    asyncio.run(serve(settings, listening_socket(settings.gateway_host, settings.gateway_port)))
-    return 0
-
-
-def _worker(settings: Settings) -> int:
-    from flowscribe_ingest.gc_tuning import collecting_less_often
-    from flowscribe_ingest.lifecycle import stop_on_signals
-    from worker.consumer import run_worker
-
-    async def work() -> None:
-        stop = asyncio.Event()
-        with stop_on_signals(stop), collecting_less_often():
-            await run_worker(settings, stop)
-
-    asyncio.run(work())
-    return 0
-
-
+# The long-running processes (deploy/ runs these): name -> (handler, what it does).
 COMMANDS = {
-    "migrate": (_migrate, "create the database if needed and apply pending migrations"),
-    "gateway": (_gateway, "serve the callback endpoint until SIGTERM/SIGINT"),
-    "worker": (_worker, "consume callbacks into PostgreSQL until SIGTERM/SIGINT"),
+    "migrate": ("flowscribe_ingest.commands:migrate", "create the database if needed and apply pending migrations"),
+    "gateway": ("flowscribe_ingest.commands:gateway", "serve the callback endpoint until SIGTERM/SIGINT"),
+    "worker": ("flowscribe_ingest.commands:worker", "consume callbacks into PostgreSQL until SIGTERM/SIGINT"),
 }
 
 
@@ -62,9 +30,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog="flowscribe-ingest",
         description="Land Flowscribe callbacks in PostgreSQL. Settings come from FLOWSCRIBE_* variables (see README).",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
+    parser.set_defaults(needs_settings=True)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, (_, help_text) in COMMANDS.items():
-        sub.add_parser(name, help=help_text, description=help_text)
+    for name, (handler, help_text) in COMMANDS.items():
+        sub.add_parser(name, help=help_text, description=help_text).set_defaults(run=lazy(handler))
     # Not a process: needs no settings, logs nothing (what it prints is a secret).
     token = sub.add_parser("token", help="make secrets", description="make secrets")
     actions = token.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -74,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     new.add_argument("--signing-secret", action="store_true",
                      help="print a Standard Webhooks secret (whsec_...) for FLOWSCRIBE_SIGNING_SECRETS instead")
+    new.set_defaults(run=lazy("flowscribe_ingest.commands:token"), needs_settings=False)
     # Operator tools (dlq ..., reprocess): short runs, defined and run by ops.commands.
     ops_commands.add_parsers(sub)
     # Not a process either: one call to Flowscribe; prints, logs nothing.
@@ -81,36 +52,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def new_secret(signing: bool = False) -> str:
-    import base64
-    import secrets
+def version() -> str:
+    """The installed distribution's version: pyproject.toml is its one source."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed_version
 
-    if signing:
-        return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
-    return secrets.token_urlsafe(32)
+    try:
+        return installed_version("flowscribe-ingest")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "token":
-        print(new_secret(signing=args.signing_secret))
-        return 0
+    if not args.needs_settings:
+        return int(args.run(args))
     try:
         settings = Settings.from_env()
-    except SettingsError as e:
+        return int(args.run(settings, args))
+    except SettingsError as e:  # also a combination a process cannot start with (the gateway without a token)
         print(f"flowscribe-ingest: bad setting: {e}", file=sys.stderr)
         return 2
-    if hasattr(args, "ops"):
-        return ops_commands.main(settings, args)
-    if args.command == "register":
-        return register.main(settings, args)
-    logs.configure(args.command, settings.log_format, settings.log_level)
-    log.info("starting", extra={"command": args.command, "settings": settings.public()})
-    run, _ = COMMANDS[args.command]
-    try:
-        return run(settings)
-    except KeyboardInterrupt:
-        return 130
 
 
 if __name__ == "__main__":

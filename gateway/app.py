@@ -20,14 +20,16 @@ from pathlib import Path
 
 from aiohttp import web
 
-from flowscribe_ingest.amqp import BrokerSession
-from flowscribe_ingest.metrics import GatewayMetrics, metrics_handler
-from flowscribe_ingest.settings import Settings
+from runtime.amqp import BrokerSession
+from runtime.probes import add_probes
+from runtime.settings import Settings
+from schemas import topology
 from gateway.body import BodyIncomplete, BodyTimeout, BodyTooLarge, read_body
 from gateway.limits import InflightBudget, OverBudget, RateLimiter, retry_after
 from gateway.publisher import PublishFailed, publish_callback
 from gateway.redaction import redact_path
-from gateway.routes import CALLBACK_PATH, HEALTH_PATH, METRICS_PATH, OPENAPI_PATH, READY_PATH
+from gateway.metrics import GatewayMetrics
+from gateway.routes import CALLBACK_PATH, OPENAPI_PATH
 from gateway.signatures import SignatureError, SignatureVerifier
 from gateway.sources import SourcePolicy, rate_key
 
@@ -78,9 +80,12 @@ def create_app(settings: Settings) -> web.Application:
     # No token at all gets the same answer as a wrong one.
     app.router.add_post(CALLBACK_PATH, _unauthorized)
     app.router.add_post(CALLBACK_PATH + "/", _unauthorized)
-    app.router.add_get(HEALTH_PATH, healthz)
-    app.router.add_get(READY_PATH, readyz)
-    app.router.add_get(METRICS_PATH, metrics_handler(metrics.registry))
+
+    async def broker_not_ready() -> str | None:
+        broker = app.get(BROKER)
+        return None if broker is not None and broker.ready else "broker not connected"
+
+    add_probes(app, metrics.registry, broker_not_ready, retry_after=settings.retry_after)
     openapi = OPENAPI_FILE.read_bytes()  # read once: it is part of the code
 
     async def openapi_document(request: web.Request) -> web.Response:
@@ -92,7 +97,7 @@ def create_app(settings: Settings) -> web.Application:
 
 async def _broker_session(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    async with BrokerSession(settings.amqp_url, "gateway") as broker:
+    async with BrokerSession(settings.amqp_url, "gateway", declare=topology.declare) as broker:
         app[BROKER] = broker
         # Serve as soon as the broker is there, but do not wait for it forever:
         # until it is, callbacks get 503 and /readyz says so.
@@ -229,13 +234,3 @@ async def receive_callback(request: web.Request) -> web.Response:
     request[MESSAGE_ID] = message_id
     request[CONTENT_TYPE] = content_type
     return web.json_response({"id": message_id}, status=202)
-
-
-async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
-
-
-async def readyz(request: web.Request) -> web.Response:
-    if request.app[BROKER].ready:
-        return web.json_response({"status": "ready"})
-    return _unavailable(request.app[SETTINGS], "broker not connected")

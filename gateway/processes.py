@@ -35,13 +35,13 @@ import sys
 import tempfile
 from collections.abc import Awaitable, Callable
 
-from flowscribe_ingest.serving import listening_socket
-from flowscribe_ingest.settings import Settings
+from runtime.serving import listening_socket
+from runtime.settings import Settings
 
 log = logging.getLogger("gateway")
 
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
-# prometheus_client's own variable (flowscribe_ingest.metrics.SHARED_DIR_ENV): named
+# prometheus_client's own variable (runtime.metrics.SHARED_DIR_ENV): named
 # here without importing prometheus_client, whose mode is fixed by its first import.
 _SHARED_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-import hashlib
 import uuid
 
-import aio_pika
-
-from flowscribe_ingest.amqp import BrokerSession
+from runtime.amqp import BrokerSession
+from runtime.messages import publish_confirmed
 from schemas import topology
+from schemas.message import callback_message
 
 
 class PublishFailed(Exception):
@@ -21,18 +20,9 @@ async def publish_callback(
     broker: BrokerSession, body: bytes, content_type: str, timeout: float
 ) -> str:
     """Publish ``body`` exactly as received; return its message id once confirmed."""
-    received_at = datetime.datetime.now(datetime.UTC)
     message_id = str(uuid.uuid4())
-    message = aio_pika.Message(
-        body,
-        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-        message_id=message_id,
-        content_type=content_type,
-        timestamp=received_at,
-        headers={
-            topology.HEADER_RECEIVED_AT: received_at.isoformat(timespec="microseconds"),
-            topology.HEADER_BODY_SHA256: hashlib.sha256(body).hexdigest(),
-        },
+    message = callback_message(
+        body, content_type, message_id=message_id, received_at=datetime.datetime.now(datetime.UTC)
     )
     try:
         _channel, declared = broker.usable()
@@ -41,12 +31,7 @@ async def publish_callback(
         # half-dead connection (aio-pika's own timeout covers only the confirm).
         # asyncio.timeout, not wait_for: no extra task per callback.
         async with asyncio.timeout(timeout):
-            await declared.callback_exchange.publish(
-                message,
-                routing_key=topology.CALLBACK_ROUTING_KEY,
-                mandatory=True,
-                timeout=timeout,
-            )
+            await publish_confirmed(declared.callback_exchange, message, topology.CALLBACK_ROUTING_KEY, timeout)
     except asyncio.CancelledError:
         raise
     except Exception as e:

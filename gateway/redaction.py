@@ -17,8 +17,9 @@ import re
 from collections.abc import Iterable, Iterator
 
 from gateway.routes import CALLBACK_PATH
+from runtime.redaction import REDACTED, SecretsRedactor
 
-REDACTED = "<redacted>"
+__all__ = ["REDACTED", "RedactingFormatter", "Redactor", "redact_path", "redacted_logs"]
 
 # Whatever follows the callback prefix, up to a character that ends a path in
 # the places it gets written: whitespace, quotes (reprs, JSON), query, fragment.
@@ -37,17 +38,12 @@ class Redactor:
     """Removes the callback path's last segment and every configured token from text."""
 
     def __init__(self, tokens: Iterable[str]) -> None:
-        # Longest first, so a token that contains another is replaced whole.
-        literal = sorted({t for t in tokens if t}, key=len, reverse=True)
-        self._tokens = re.compile("|".join(map(re.escape, literal))) if literal else None
+        # Configured tokens wherever they appear: a URL whose prefix was
+        # percent-encoded, an exception that quotes match_info, ...
+        self._tokens = SecretsRedactor(tokens)
 
     def __call__(self, text: str) -> str:
-        text = redact_path(text)
-        if self._tokens is not None:
-            # Configured tokens wherever they appear: a URL whose prefix was
-            # percent-encoded, an exception that quotes match_info, ...
-            text = self._tokens.sub(REDACTED, text)
-        return text
+        return self._tokens(redact_path(text))
 
 
 class RedactingFormatter(logging.Formatter):

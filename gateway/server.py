@@ -10,9 +10,9 @@ from typing import Any
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
-from flowscribe_ingest.lifecycle import stop_on_signals
-from flowscribe_ingest.serving import listening
-from flowscribe_ingest.settings import Settings
+from runtime.lifecycle import stop_on_signals
+from runtime.serving import listening
+from runtime.settings import Settings, SettingsError
 from gateway.app import CONTENT_TYPE, MESSAGE_ID, create_app
 from gateway.redaction import redact_path, redacted_logs
 from gateway.routes import HEALTH_PATH, METRICS_PATH, READY_PATH
@@ -60,9 +60,9 @@ def server_options(settings: Settings) -> dict[str, Any]:
 
 
 def check_startable(settings: Settings) -> None:
-    """Refuse to start without a token (SystemExit saying so); log what weakens the gateway."""
+    """Refuse to start without a token (a SettingsError, exit status 2); log what weakens the gateway."""
     if not settings.callback_tokens:
-        raise SystemExit("FLOWSCRIBE_CALLBACK_TOKENS is empty: set at least one callback token")
+        raise SettingsError("FLOWSCRIBE_CALLBACK_TOKENS is empty: set at least one callback token")
     warn_about_settings(settings)
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
-import importlib
 import logging
 import os
 import sys
@@ -19,15 +18,16 @@ import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from flowscribe_ingest import logs
-from flowscribe_ingest.settings import Settings
+from runtime import logs
+from runtime.handlers import lazy
+from runtime.settings import Settings
+from store.outcomes import RECORDED
 from ops.errors import OpsError, UsageError
 from ops.selection import Selector, normalise_id, parse_when
 
 if TYPE_CHECKING:
     from ops.render import Console
 
-OUTCOMES = ("ingested", "duplicate", "superseded", "job_failed")
 
 
 def _when(text: str) -> datetime.datetime:
@@ -67,8 +67,9 @@ def _selectors(parser: argparse.ArgumentParser, *, ids: bool) -> None:
     parser.add_argument("--limit", type=_positive(int), metavar="N", help="at most N messages")
 
 
-def _command(parser: argparse.ArgumentParser, module: str, function: str, *, changes: bool) -> None:
-    parser.set_defaults(ops=(module, function), changes_queue=changes)
+def _command(parser: argparse.ArgumentParser, handler: str, *, changes: bool) -> None:
+    """``handler`` (``"ops.module:function"``) runs the command, under ``main``."""
+    parser.set_defaults(run=lazy("ops.commands:main"), ops_command=lazy(handler), changes_queue=changes)
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -83,13 +84,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = actions.add_parser("list", help="a table of dead letters (changes nothing)")
     _selectors(p, ids=False)
     p.add_argument("--json", action="store_true", help="one JSON object per line, for scripts")
-    _command(p, "ops.inspection", "list_command", changes=False)
+    _command(p, "ops.inspection:list_command", changes=False)
 
     p = actions.add_parser("show", help="one dead letter: why, properties, headers, body")
     p.add_argument("id", metavar="ID")
     p.add_argument("--raw", action="store_true", help="write the exact body bytes to stdout, nothing else")
     p.add_argument("--json", action="store_true", help="the message as one JSON object (the export format)")
-    _command(p, "ops.inspection", "show_command", changes=False)
+    _command(p, "ops.inspection:show_command", changes=False)
 
     p = actions.add_parser("replay", help="publish dead letters to the callbacks queue again")
     _selectors(p, ids=True)
@@ -98,26 +99,26 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="change nothing; say whether each decodes now and what it would do in the database")
     p.add_argument("--force", action="store_true", help="replay also those that still fail to decode")
     p.add_argument("--rate", type=_positive(float), metavar="N", help="at most N messages per second")
-    _command(p, "ops.replay", "replay_command", changes=True)
+    _command(p, "ops.replay:replay_command", changes=True)
 
     p = actions.add_parser("purge", help="delete dead letters for good (asks first)")
     _selectors(p, ids=True)
     p.add_argument("--all", action="store_true", dest="every", help="every dead letter")
     p.add_argument("--yes", action="store_true", help="do not ask (required without a terminal)")
     p.add_argument("--dry-run", action="store_true", help="show what would be deleted; change nothing")
-    _command(p, "ops.purge", "purge_command", changes=True)
+    _command(p, "ops.purge:purge_command", changes=True)
 
     p = actions.add_parser("export", help="write dead letters to an NDJSON file (they stay unless --remove)")
     p.add_argument("file", metavar="FILE", help="a new file, or - for stdout")
     _selectors(p, ids=True)
     p.add_argument("--remove", action="store_true",
                    help="remove the exported messages from the queue once the file is written and synced")
-    _command(p, "ops.transfer", "export_command", changes=False)
+    _command(p, "ops.transfer:export_command", changes=False)
 
     p = actions.add_parser("import", help="publish the messages of an export file into the dead-letter queue")
     p.add_argument("file", metavar="FILE")
     p.add_argument("--rate", type=_positive(float), metavar="N", help="at most N messages per second")
-    _command(p, "ops.transfer", "import_command", changes=False)
+    _command(p, "ops.transfer:import_command", changes=False)
 
     p = sub.add_parser(
         "reprocess", help="run stored callbacks through the worker again (e.g. after a decoder fix)",
@@ -127,12 +128,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--since", type=_when, metavar="WHEN", help="received at or after WHEN (ISO 8601 or 30m, 2h, 7d)")
     p.add_argument("--until", type=_when, metavar="WHEN", help="received before WHEN")
     p.add_argument("--analysis-id", type=_uuid, action="append", metavar="UUID", help="this analysis (repeatable)")
-    p.add_argument("--outcome", choices=OUTCOMES, action="append", help="callbacks with this outcome (repeatable)")
+    p.add_argument("--outcome", choices=RECORDED, action="append", help="callbacks with this outcome (repeatable)")
     p.add_argument("--all", action="store_true", dest="every", help="every stored callback")
     p.add_argument("--limit", type=_positive(int), metavar="N", help="at most N callbacks, oldest first")
     p.add_argument("--dry-run", action="store_true", help="publish nothing; predict each outcome")
     p.add_argument("--rate", type=_positive(float), metavar="N", help="at most N callbacks per second")
-    _command(p, "ops.reprocess", "reprocess_command", changes=True)
+    _command(p, "ops.reprocess:reprocess_command", changes=True)
 
 
 def _prepare(args: argparse.Namespace) -> None:
@@ -158,9 +159,7 @@ async def execute(settings: Settings, args: argparse.Namespace, console: Console
     """Run the ops command ``args`` names; the exit status (problems are told on ``console.err``)."""
     try:
         _prepare(args)
-        module, function = args.ops
-        command = getattr(importlib.import_module(module), function)
-        return await command(settings, args, console)
+        return int(await args.ops_command(settings, args, console))
     except OpsError as e:
         console.note(f"flowscribe-ingest: {e}")
         return e.exit_code

@@ -1,7 +1,7 @@
 """Short-lived connections for one ops command, with errors that say what to check.
 
 An ops command is one short run, so it connects directly (no reconnect loop as
-in ``flowscribe_ingest.amqp``): if the broker or the database is not there, the
+in ``runtime.amqp``): if the broker or the database is not there, the
 operator wants to hear it at once, with the URL (password hidden) and the
 variable to set.
 """
@@ -15,27 +15,42 @@ import aio_pika
 import asyncpg
 from aio_pika.abc import AbstractChannel, AbstractConnection
 
-from flowscribe_ingest.amqp import connect_any
-from flowscribe_ingest.settings import Settings
-from flowscribe_ingest.urls import redact_urls
+from runtime.amqp import connect_any
+from runtime.settings import Settings
+from runtime.urls import redact_urls
 from ops.errors import OpsError
 from schemas.topology import Topology, declare
-from worker.failures import describe
+from runtime.errors import describe
 
 CONNECT_TIMEOUT = 10.0
+
+# What connecting to PostgreSQL raises when the server is down, unreachable, not
+# ready yet or refuses us: the operator's next step is the same for all of them.
+CANNOT_CONNECT = (
+    OSError,  # refused, reset, no route, DNS
+    TimeoutError,
+    asyncpg.PostgresConnectionError,  # SQLSTATE class 08
+    asyncpg.InterfaceError,  # the connection closed under us
+    asyncpg.CannotConnectNowError,  # starting up or shutting down
+    asyncpg.InvalidAuthorizationSpecificationError,  # unknown user, wrong password
+)
+_VARIABLES = {"RabbitMQ": "FLOWSCRIBE_AMQP_URL", "PostgreSQL": "FLOWSCRIBE_DATABASE_URL"}
+
+
+def unreachable(service: str, url: str, error: BaseException) -> OpsError:
+    """The one-line error for a broker or database we cannot connect to: the URL (password hidden) and a hint."""
+    return OpsError(
+        f"cannot reach {service} at {redact_urls(url)}: {describe(error)}; is it running? set {_VARIABLES[service]}"
+    )
 
 
 @contextlib.asynccontextmanager
 async def broker(settings: Settings) -> AsyncIterator[tuple[AbstractConnection, AbstractChannel, Topology]]:
-    """A connection named ``flowscribe-ops@<host>`` (to any node of the list that answers),
-    a confirm channel on it, and the declared topology."""
+    """A connection named ``flowscribe-ops@<host>``, a confirm channel on it, and the declared topology."""
     try:
         connection = await connect_any(settings.amqp_url, "ops", timeout=CONNECT_TIMEOUT)
     except Exception as e:  # noqa: BLE001 - refused, DNS, auth, timeout: all mean the same to the operator
-        raise OpsError(
-            f"cannot reach RabbitMQ at {redact_urls(settings.amqp_url)}: {describe(e)};"
-            " is it running? set FLOWSCRIBE_AMQP_URL"
-        ) from None
+        raise unreachable("RabbitMQ", settings.amqp_url, e) from None
     try:
         # on_return_raises: a mandatory publish nobody routes must fail, not vanish.
         channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
@@ -51,14 +66,11 @@ async def broker(settings: Settings) -> AsyncIterator[tuple[AbstractConnection, 
 
 @contextlib.asynccontextmanager
 async def database(settings: Settings) -> AsyncIterator[asyncpg.Connection]:
-    """One connection to the migrated database (with several hosts: the primary, see flowscribe_ingest.urls)."""
+    """One connection to the migrated database."""
     try:
         conn = await asyncpg.connect(settings.database_url, timeout=CONNECT_TIMEOUT)
     except Exception as e:  # noqa: BLE001
-        raise OpsError(
-            f"cannot reach PostgreSQL at {redact_urls(settings.database_url)}: {describe(e)};"
-            " is it running? set FLOWSCRIBE_DATABASE_URL"
-        ) from None
+        raise unreachable("PostgreSQL", settings.database_url, e) from None
     try:
         if await conn.fetchval("SELECT to_regclass('flowscribe.callbacks')") is None:
             raise OpsError(

@@ -6,9 +6,11 @@ import argparse
 import datetime
 import json
 
-from flowscribe_ingest.settings import Settings
+from runtime.settings import Settings
 from ops import connect
-from ops.dead_letters import DeadLetter, DeadLetterQueue, recheck
+from ops.dead_letters import DeadLetterQueue
+from ops.letters import DeadLetter
+from ops.redecode import recheck
 from ops.errors import OpsError
 from ops.messages import encode_value, to_record
 from ops.render import Console, json_line, pretty_body, shorten, size, table, when

@@ -14,12 +14,12 @@ import base64
 import datetime
 import decimal
 import hashlib
-from collections.abc import Mapping
 from typing import Any
 
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
 
+from runtime.messages import PROPERTIES, republishable
 from schemas import topology
 
 # Headers that describe a message's stay in the dead-letter queue or its past
@@ -35,25 +35,6 @@ STAY_HEADERS = frozenset({
     topology.HEADER_LAST_ERROR,
 })
 BROKER_HEADERS = frozenset({"x-delivery-count"})
-
-# Properties kept when a message is published again. Left out: user_id (the
-# broker refuses one that is not the publisher's own) and expiration (a copy
-# must not expire out of a queue: that would lose it).
-PROPERTIES = (
-    "content_type", "content_encoding", "priority", "correlation_id", "reply_to",
-    "message_id", "timestamp", "type", "app_id",
-)
-
-
-def republishable(message: AbstractIncomingMessage, headers: Mapping[str, Any]) -> aio_pika.Message:
-    """A persistent copy of ``message`` (body and properties) with ``headers``."""
-    return aio_pika.Message(
-        message.body,
-        headers=dict(headers),
-        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-        **{name: getattr(message, name) for name in PROPERTIES},
-    )
-
 
 def replay_copy(message: AbstractIncomingMessage) -> aio_pika.Message:
     """What ``dlq replay`` publishes: the original id, body, receive time; the reasons dropped; replays + 1."""

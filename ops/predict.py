@@ -1,6 +1,6 @@
 """What a message would do in the database, without doing it (``--dry-run``).
 
-It runs the worker's own rules (``worker.store.read_stored`` and the pure
+It runs the worker's own rules (``store.batch.read_stored`` and the pure
 ``decide``) on a read-only snapshot, with every chosen message as one batch.
 The worker may take them in several batches and see other callbacks landing
 meanwhile; the outcome labels can then differ (an older version landing first
@@ -14,8 +14,9 @@ import uuid
 
 import asyncpg
 
-from worker.rows import Callback
-from worker.store import Outcome, decide, read_stored
+from schemas.message import Callback
+from store.decision import decide, read_stored
+from store.outcomes import Outcome
 
 # What each outcome means for the tables, as the operator reads it.
 NEW_ANALYSIS = "new analysis"

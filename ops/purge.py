@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import argparse
 
-from flowscribe_ingest.settings import Settings
+from runtime.settings import Settings
 from ops import connect
-from ops.dead_letters import DeadLetter, DeadLetterQueue
+from ops.dead_letters import DeadLetterQueue
+from ops.letters import DeadLetter
 from ops.errors import OpsError
 from ops.inspection import LIST_COLUMNS, table_row
 from ops.render import Console, confirm, table

@@ -21,16 +21,20 @@ from __future__ import annotations
 import argparse
 import collections
 
-from flowscribe_ingest.settings import Settings
+from runtime.settings import Settings
 from ops import connect, predict
-from ops.dead_letters import DeadLetter, DeadLetterQueue, Selector, recheck
+from ops.dead_letters import DeadLetterQueue
+from ops.letters import DeadLetter
+from ops.redecode import recheck
+from ops.selection import Selector
 from ops.messages import replay_copy
-from ops.publish import Pacer, confirmed
+from ops.publish import Pacer
+from runtime.messages import publish_confirmed
 from ops.render import Console, Progress, shorten, table
 from schemas import topology
 from schemas.topology import Topology
-from worker.failures import describe
-from worker.rows import Callback
+from runtime.errors import describe
+from schemas.message import Callback
 
 
 async def replay_command(settings: Settings, args: argparse.Namespace, console: Console) -> int:
@@ -75,7 +79,7 @@ async def _replay_one(
         return "skipped"
     await pacer.wait()
     try:
-        await confirmed(declared.callback_exchange, replay_copy(letter.message),
+        await publish_confirmed(declared.callback_exchange, replay_copy(letter.message),
                         topology.CALLBACK_ROUTING_KEY, settings.publish_timeout)
     except Exception as e:  # noqa: BLE001 - reported; the dead letter stays
         console.note(f"failed {letter.message_id}: the broker did not confirm the copy ({describe(e)});"

@@ -4,7 +4,7 @@ For when rows came out wrong and the fix is in the code (a decoder fix): each
 chosen callback of ``flowscribe.callbacks`` is published again with its own
 message id, receive time, content type and body, plus ``x-flowscribe-reprocess:
 1``. The worker then re-derives its rows under the usual rules with two
-differences (see ``worker.store``): its ledger row is updated, never doubled,
+differences (see ``store.batch``): its ledger row is updated, never doubled,
 and it rewrites its analysis when it *is* the stored version. An older
 version is ``superseded`` (also one that was ``ingested`` before a newer one
 came), a ``duplicate`` stays one, a ``job_failed`` re-evaluates its job. Callbacks that never landed are not in the archive:
@@ -20,22 +20,22 @@ from __future__ import annotations
 import argparse
 import collections
 import datetime
-import hashlib
 import uuid
 from collections.abc import AsyncIterator
 
 import aio_pika
 import asyncpg
 
-from flowscribe_ingest.settings import Settings
+from runtime.settings import Settings
 from ops import connect, predict
 from ops.errors import OpsError
-from ops.publish import Pacer, confirmed
+from ops.publish import Pacer
+from runtime.messages import publish_confirmed
 from ops.render import Console, Progress, shorten, table, when
 from schemas import topology
-from worker.decoding import PayloadDecodeError, decode_payload
-from worker.failures import describe
-from worker.rows import Callback
+from schemas.decoding import PayloadDecodeError, decode_payload
+from schemas.message import Callback, callback_message
+from runtime.errors import describe
 
 PAGE = 200
 
@@ -87,21 +87,9 @@ def _callback(row: asyncpg.Record) -> Callback:
 
 
 def reprocess_message(row: asyncpg.Record) -> aio_pika.Message:
-    """A stored callback as the gateway published it, marked for reprocessing."""
-    body = bytes(row["body"])
-    received_at: datetime.datetime = row["received_at"]
-    return aio_pika.Message(
-        body,
-        message_id=str(row["id"]),
-        content_type=row["content_type"],
-        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-        headers={
-            # Microseconds exactly: the version order compares receive times.
-            topology.HEADER_RECEIVED_AT: received_at.astimezone(datetime.UTC).isoformat(timespec="microseconds"),
-            topology.HEADER_BODY_SHA256: hashlib.sha256(body).hexdigest(),
-            topology.HEADER_REPROCESS: "1",
-        },
-    )
+    """A stored callback as the gateway published it (its own id, receive time and body), marked for reprocessing."""
+    return callback_message(bytes(row["body"]), row["content_type"], message_id=str(row["id"]),
+                            received_at=row["received_at"], reprocess=True)
 
 
 async def reprocess_command(settings: Settings, args: argparse.Namespace, console: Console) -> int:
@@ -124,7 +112,7 @@ async def reprocess_command(settings: Settings, args: argparse.Namespace, consol
                     else:
                         await pacer.wait()
                         try:
-                            await confirmed(declared.callback_exchange, reprocess_message(row),
+                            await publish_confirmed(declared.callback_exchange, reprocess_message(row),
                                             topology.CALLBACK_ROUTING_KEY, settings.publish_timeout)
                         except Exception as e:  # noqa: BLE001
                             raise OpsError(

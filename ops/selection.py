@@ -8,8 +8,10 @@ import re
 import uuid
 from typing import TYPE_CHECKING
 
+from runtime.times import as_utc
+
 if TYPE_CHECKING:
-    from ops.dead_letters import DeadLetter
+    from ops.letters import DeadLetter
 
 _RELATIVE = re.compile(r"^(\d+)([smhd])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
@@ -25,7 +27,7 @@ def parse_when(text: str, now: datetime.datetime | None = None) -> datetime.date
         value = datetime.datetime.fromisoformat(text.strip())
     except ValueError:
         raise ValueError(f"{text!r} is neither an ISO 8601 timestamp nor an age like 15m, 2h, 3d") from None
-    return value if value.tzinfo else value.replace(tzinfo=datetime.UTC)
+    return as_utc(value)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -18,15 +18,17 @@ import json
 import os
 from pathlib import Path
 
-from flowscribe_ingest.settings import Settings
+from runtime.settings import Settings
 from ops import connect
-from ops.dead_letters import DeadLetter, DeadLetterQueue
+from ops.dead_letters import DeadLetterQueue
+from ops.letters import DeadLetter
 from ops.errors import OpsError, UsageError
 from ops.messages import from_record, to_record
-from ops.publish import Pacer, confirmed
+from ops.publish import Pacer
+from runtime.messages import publish_confirmed
 from ops.render import Console, Progress
 from schemas import topology
-from worker.failures import describe
+from runtime.errors import describe
 
 
 async def export_command(settings: Settings, args: argparse.Namespace, console: Console) -> int:
@@ -89,7 +91,7 @@ async def import_command(settings: Settings, args: argparse.Namespace, console: 
             for number, record in _records(path):
                 await pacer.wait()
                 try:
-                    await confirmed(declared.dead_letter_exchange, from_record(record),
+                    await publish_confirmed(declared.dead_letter_exchange, from_record(record),
                                     topology.DEAD_LETTER_ROUTING_KEY, settings.publish_timeout)
                 except Exception as e:  # noqa: BLE001
                     raise OpsError(

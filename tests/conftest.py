@@ -23,13 +23,14 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestServer
 
-from flowscribe_ingest.settings import Secrets, Settings
+from runtime.settings import Secrets, Settings
 from gateway.app import create_app
 from gateway.server import server_options
 from schemas import topology
-from schemas.migrations import migrate
+from store.migrations import migrate
 from tests.support import TOKEN
-from worker.consumer import Worker, run_worker
+from worker.consumer import Worker
+from worker.main import run_worker
 
 BASE_DATABASE_URL = os.environ.get(
     "FLOWSCRIBE_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"

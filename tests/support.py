@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
 
-SAMPLES = Path(__file__).parent / "samples"
+SAMPLES = Path(__file__).parents[1] / "schemas" / "samples"  # the vendor's own, shipped with the contract
 JSON_SAMPLE = (SAMPLES / "vendor-sample.json").read_bytes()
 XML_SAMPLE = (SAMPLES / "vendor-sample.xml").read_bytes()
 

@@ -9,8 +9,8 @@ import pytest
 
 from bench import payloads
 from tests.support import JSON_SAMPLE, XML_SAMPLE
-from worker.decoding import decode_payload
-from worker.rows import child_rows
+from schemas.decoding import decode_payload
+from store.rows import child_rows
 
 SEEDS = (0, 1, 7)
 

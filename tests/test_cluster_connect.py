@@ -19,9 +19,9 @@ import aio_pika
 import asyncpg
 import pytest
 
-from flowscribe_ingest.amqp import BrokerSession, NodeOrder, connect_any
-from flowscribe_ingest.settings import Settings, SettingsError
-from flowscribe_ingest.urls import amqp_urls, database_url, redact_urls, split_urls
+from runtime.amqp import BrokerSession, NodeOrder, connect_any
+from runtime.settings import Settings, SettingsError
+from runtime.urls import amqp_urls, database_url, redact_urls, split_urls
 from schemas import topology
 from tests.faults.checker import callback_body
 from tests.support import TcpProxy, eventually
@@ -110,7 +110,7 @@ class TestInternalClientErrors:
 
 class TestBrokerFailover:
     async def test_a_dead_node_in_the_list_is_skipped(self, amqp_url):
-        async with BrokerSession(f"{DEAD},{amqp_url}", "test", rng=random.Random(0)) as session:
+        async with BrokerSession(f"{DEAD},{amqp_url}", "test", declare=topology.declare, rng=random.Random(0)) as session:
             await session.wait_ready(10)
             assert session.url is not None and ":1/" not in session.url
         connection = await connect_any(f"{DEAD},{DEAD},{amqp_url}", "test", timeout=5)
@@ -124,7 +124,7 @@ class TestBrokerFailover:
             await node.open()
         urls = ",".join(node.url(amqp_url) for node in nodes)
         try:
-            async with BrokerSession(urls, "test", rng=random.Random(2)) as session:
+            async with BrokerSession(urls, "test", declare=topology.declare, rng=random.Random(2)) as session:
                 for round_ in range(4):
                     await session.wait_ready(10)
                     current = next(n for n in nodes if f":{n.port}/" in (session.url or ""))
@@ -142,7 +142,7 @@ class TestBrokerFailover:
         link = TcpProxy("127.0.0.1", 5672)
         await link.open()
         try:
-            async with BrokerSession(link.url(amqp_url), "test") as session:
+            async with BrokerSession(link.url(amqp_url), "test", declare=topology.declare) as session:
                 await session.wait_ready(10)
                 old = session._connection
                 assert old is not None

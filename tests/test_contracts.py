@@ -14,11 +14,11 @@ import asyncpg
 import yaml
 
 from flowscribe_ingest.cli import COMMANDS
-from flowscribe_ingest.settings import Settings
+from runtime.settings import Settings
 from schemas import topology
 from schemas.payload import CHILD_TABLES
 from tests.support import JSON_SAMPLE, TOKEN, CliProcess, eventually, service_env
-from worker.rows import ANALYSIS_COLUMNS, CALLBACK_COLUMNS, CHILD_COLUMNS
+from store.rows import ANALYSIS_COLUMNS, CALLBACK_COLUMNS, CHILD_COLUMNS
 
 ROOT = Path(__file__).parent.parent
 
@@ -45,7 +45,7 @@ class TestSchema:
         assert set(ANALYSIS_COLUMNS) == set(await table_columns(db, "analyses"))
 
     async def test_migrate_is_idempotent(self, database_url):
-        from schemas.migrations import migrate
+        from store.migrations import migrate
 
         assert await migrate(database_url) == []
 
@@ -74,7 +74,7 @@ class TestSettingsAreDocumented:
     def test_bad_values_are_refused_with_the_variable_named(self):
         import pytest
 
-        from flowscribe_ingest.settings import SettingsError
+        from runtime.settings import SettingsError
 
         with pytest.raises(SettingsError, match="FLOWSCRIBE_WORKER_BATCH_SIZE"):
             Settings.from_env({"FLOWSCRIBE_WORKER_BATCH_SIZE": "0"})

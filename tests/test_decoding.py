@@ -20,9 +20,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from schemas.payload import Payload, SentenceScoring
-from worker.decoding import MAX_JSON_DEPTH, PayloadDecodeError, decode_payload
+from schemas.decoding import MAX_JSON_DEPTH, PayloadDecodeError, decode_payload
 
-SAMPLES = Path(__file__).parent / "samples"
+SAMPLES = Path(__file__).parents[1] / "schemas" / "samples"  # the vendor's own, shipped with the contract
 JSON_SAMPLE = (SAMPLES / "vendor-sample.json").read_bytes()
 XML_SAMPLE = (SAMPLES / "vendor-sample.xml").read_bytes()
 JSON, XML = "application/json", "application/xml"

@@ -18,8 +18,8 @@ from typing import Any
 import yaml
 
 from flowscribe_ingest.cli import COMMANDS, build_parser
-from flowscribe_ingest.metrics import WorkerMetrics
-from flowscribe_ingest.settings import Settings
+from worker.metrics import WorkerMetrics
+from runtime.settings import Settings
 from gateway.app import create_app as create_gateway_app
 from schemas import topology
 from tests.support import JSON_SAMPLE, eventually

@@ -8,8 +8,8 @@ from typing import Any
 
 import yaml
 
-from flowscribe_ingest.settings import Settings
-from flowscribe_ingest.urls import amqp_urls
+from runtime.settings import Settings
+from runtime.urls import amqp_urls
 from tests.test_deploy import K8S, of_kind
 
 CLUSTER = Path(__file__).parent.parent / "deploy" / "k8s-cluster"

@@ -11,7 +11,7 @@ import aio_pika
 import pytest
 from aiohttp.test_utils import TestServer
 
-from flowscribe_ingest.settings import Settings
+from runtime.settings import Settings
 from gateway.app import create_app, token_is_valid
 from gateway.server import redact_path
 from schemas import topology

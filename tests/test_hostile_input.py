@@ -33,7 +33,7 @@ from lxml import etree
 from schemas import topology
 from schemas.payload import Payload
 from tests.support import JSON_SAMPLE, TOKEN, XML_SAMPLE, eventually
-from worker.decoding import PayloadDecodeError, decode_payload
+from schemas.decoding import PayloadDecodeError, decode_payload
 
 # Seconds any single decode may take: a guard against hangs and blow-ups, not a benchmark.
 FAST = 2.0

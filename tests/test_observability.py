@@ -17,8 +17,9 @@ import pytest
 from aiohttp.test_utils import TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
-from flowscribe_ingest import logs
-from flowscribe_ingest.metrics import OUTCOMES, GatewayMetrics, WorkerMetrics
+from runtime import logs
+from gateway.metrics import GatewayMetrics
+from worker.metrics import OUTCOMES, WorkerMetrics
 from gateway.app import create_app
 from gateway.publisher import PublishFailed
 from tests.conftest import TABLES

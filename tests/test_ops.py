@@ -26,9 +26,11 @@ from ops.render import Console
 from schemas import topology
 from tests.support import XML_SAMPLE, eventually
 from tests.test_pipeline import T0, publish_as_gateway, versioned
-from worker.decoding import decode_payload
-from worker.rows import Callback
-from worker.store import Outcome, Stored, decide, write_batch
+from schemas.decoding import decode_payload
+from schemas.message import Callback
+from store.batch import write_batch
+from store.decision import Stored, decide
+from store.outcomes import Outcome
 
 BROKEN_JSON = b'{"Success": tru'
 FAILED_JOB = json.dumps({
@@ -59,7 +61,7 @@ def letter(
     stage: str = "decode", received_at: datetime.datetime = T0, at: datetime.datetime | None = None,
     content_type: str = "application/json", headers: dict | None = None,
 ) -> aio_pika.Message:
-    """A message as the worker dead-letters it (the headers of worker.dead_letter.dead_letter_copy)."""
+    """A message as the worker dead-letters it (the headers of worker.moving.dead_letter_copy)."""
     return aio_pika.Message(
         body, message_id=message_id or str(uuid.uuid4()), content_type=content_type,
         delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
@@ -530,7 +532,7 @@ class TestReprocess:
 
 
 class TestReprocessDecision:
-    """The store's pure decision for a reprocessed callback (worker.store.decide)."""
+    """The store's pure decision for a reprocessed callback (store.batch.decide)."""
 
     def _callback(self, version: int, received: int, *, reprocess: bool = True, id: uuid.UUID | None = None,
                   body: bytes | None = None) -> Callback:

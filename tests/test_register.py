@@ -15,7 +15,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from flowscribe_ingest.cli import main as cli_main
-from flowscribe_ingest.register import (
+from ops.register import (
     INITIALIZE_PATH,
     RegistrationFailed,
     Retry,
@@ -24,7 +24,7 @@ from flowscribe_ingest.register import (
     register,
     vendor_sample,
 )
-from flowscribe_ingest.settings import Secrets, Settings
+from runtime.settings import Secrets, Settings
 from gateway.app import create_app
 from schemas import topology
 from tests.support import JSON_SAMPLE, TOKEN, TcpProxy

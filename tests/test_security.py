@@ -23,7 +23,7 @@ import yaml
 from aiohttp.test_utils import TestServer
 
 from flowscribe_ingest.cli import main as cli_main
-from flowscribe_ingest.settings import Secrets, Settings, SettingsError
+from runtime.settings import Secrets, Settings, SettingsError
 from gateway.app import OPENAPI_FILE, create_app
 from gateway.limits import InflightBudget, OverBudget, RateLimiter
 from gateway.redaction import Redactor

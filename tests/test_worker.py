@@ -13,7 +13,7 @@ from schemas import topology
 from tests.support import JSON_SAMPLE, XML_SAMPLE, CliProcess, TcpProxy, eventually, service_env
 from tests.test_pipeline import T0, publish_as_gateway, versioned
 from worker.acks import AckWindow
-from worker.store import lock_key
+from store.batch import lock_key
 
 
 async def dead_letters(channel: aio_pika.abc.AbstractChannel) -> list[aio_pika.abc.AbstractIncomingMessage]:
@@ -273,7 +273,7 @@ class TestCollectorTuning:
     def test_thresholds_and_freeze_apply_inside_and_are_undone_after(self):
         import gc
 
-        from flowscribe_ingest.gc_tuning import BULK_THRESHOLDS, collecting_less_often
+        from runtime.gc_tuning import BULK_THRESHOLDS, collecting_less_often
 
         before = gc.get_threshold()
         assert before != BULK_THRESHOLDS

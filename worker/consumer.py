@@ -1,5 +1,8 @@
 """Consume callbacks in batches: decode, write in one transaction, ack after commit.
 
+This module is the loop and the acks; the write is worker.landing's, moving a
+message to another queue worker.moving's, putting a worker together worker.main's.
+
 - A message that cannot be decoded is dead-lettered at once with the reason;
   the rest of its batch goes on.
 - A batch the database refuses because of one message's data is split in
@@ -20,32 +23,32 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
-import hashlib
 import logging
 import os
 import socket
 import time
 import uuid
 from collections import Counter
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import asyncpg
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
-from flowscribe_ingest.amqp import BrokerSession, BrokerUnavailable
-from flowscribe_ingest.metrics import WorkerMetrics
-from flowscribe_ingest.settings import Settings
+from runtime.amqp import BrokerSession, BrokerUnavailable
+from runtime.errors import describe
+from runtime.settings import Settings
 from schemas import topology
+from schemas.decoding import PayloadDecodeError
+from schemas.message import Callback, InvalidMessage, to_callback
 from schemas.topology import Topology
+from store.batch import BatchResult
+from store.outcomes import Outcome
 from worker.acks import AckWindow
-from worker.dead_letter import attempts_so_far, dead_letter, retry_later
-from worker.decoding import PayloadDecodeError, decode_payload
-from worker.failures import Fault, classify, describe
-from worker.http import Readiness, serving
-from worker.rows import Callback
-from worker.store import Outcome, write_batch
+from worker.failures import Fault
+from worker.landing import Landing
+from worker.metrics import WorkerMetrics
+from worker.moving import attempts_so_far, dead_letter, retry_later
 
 log = logging.getLogger("worker")
 
@@ -53,45 +56,6 @@ T = TypeVar("T")
 
 # Batches a worker writes at once (each on its own pooled connection).
 WRITES_IN_FLIGHT = 2
-
-# How often a batch is re-run at once after colliding with another transaction
-# before its messages go to the retry queues (each attempt counted per message).
-MAX_CONFLICT_RETRIES = 3
-
-
-class InvalidMessage(Exception):
-    """The message's properties are not those the gateway sets (not the body's fault)."""
-
-
-def to_callback(message: AbstractIncomingMessage) -> Callback:
-    """Check the message's properties and decode its body; raises on either."""
-    try:
-        callback_id = uuid.UUID(message.message_id or "")
-    except ValueError:
-        raise InvalidMessage(f"message_id {message.message_id!r} is not a UUID") from None
-    headers = message.headers or {}
-    received_at = _received_at(headers.get(topology.HEADER_RECEIVED_AT), message.timestamp)
-    body = message.body
-    digest = hashlib.sha256(body).hexdigest()
-    claimed = headers.get(topology.HEADER_BODY_SHA256)
-    if claimed is not None and claimed != digest:
-        raise InvalidMessage("the body does not match its SHA-256 header (corrupted on the way)")
-    payload = decode_payload(body, message.content_type)
-    reprocess = headers.get(topology.HEADER_REPROCESS) == "1"
-    return Callback(callback_id, received_at, message.content_type or "", digest, body, payload, reprocess)
-
-
-def _received_at(header: object, timestamp: datetime.datetime | None) -> datetime.datetime:
-    if isinstance(header, str):
-        try:
-            value = datetime.datetime.fromisoformat(header)
-        except ValueError:
-            raise InvalidMessage(f"{topology.HEADER_RECEIVED_AT} {header!r} is not a timestamp") from None
-    elif timestamp is not None:
-        value = timestamp  # whole seconds only: a message not published by our gateway
-    else:
-        raise InvalidMessage(f"message has neither {topology.HEADER_RECEIVED_AT} nor a timestamp")
-    return value if value.tzinfo is not None else value.replace(tzinfo=datetime.UTC)
 
 
 def _channel_open(message: AbstractIncomingMessage) -> bool:
@@ -106,11 +70,10 @@ class Worker:
 
     def __init__(self, settings: Settings, pool: asyncpg.Pool) -> None:
         self._settings = settings
-        self._pool = pool
         self._inbox: asyncio.Queue[AbstractIncomingMessage | None] = asyncio.Queue()
         self._consumer: tuple[AbstractQueue, str] | None = None
         self._window: AckWindow | None = None  # the current channel's unsettled deliveries
-        self._broker: BrokerSession | None = None
+        self._broker: BrokerSession[Topology] | None = None
         self._stopping = False
         self._give_up_at = float("inf")
         self.name = f"worker@{socket.gethostname()}:{os.getpid()}"
@@ -118,13 +81,16 @@ class Worker:
         # Committed messages acked, and the ack frames that took (worker.acks): logged at stop.
         self.acks: Counter[str] = Counter()
         self.metrics = WorkerMetrics()  # the same and more, for Prometheus (worker.http)
+        self._landing = Landing(settings, pool, self.metrics)
+        # The port its HTTP server (worker.http) is bound to, once it is (port 0 in the settings: any free one).
+        self.http_port: int | None = None
 
     @property
     def unsettled(self) -> int:
         """Deliveries on the current channel neither acked nor rejected yet (in hand or being written)."""
         return len(self._window) if self._window is not None else 0
 
-    def use_broker(self, broker: BrokerSession) -> None:
+    def use_broker(self, broker: BrokerSession[Topology]) -> None:
         self._broker = broker
 
     async def attach(self, channel: AbstractChannel, declared: Topology) -> None:
@@ -170,7 +136,7 @@ class Worker:
 
     async def _wake_on(self, stop: asyncio.Event) -> None:
         await stop.wait()
-        # From now on a held batch stops retrying at the deadline (see _land).
+        # From now on a held batch stops retrying at the deadline (see worker.landing).
         self._give_up_at = time.monotonic() + self._settings.shutdown_timeout
         self._inbox.put_nowait(None)  # unblocks _collect
 
@@ -287,76 +253,39 @@ class Worker:
     async def _land(
         self, callbacks: list[Callback], messages: dict[uuid.UUID, AbstractIncomingMessage]
     ) -> None:
-        delay = 0.1
-        conflicts = 0
-        while True:
-            started = time.perf_counter()
-            try:
-                async with self._pool.acquire(timeout=10) as conn:
-                    try:
-                        result = await write_batch(conn, callbacks)
-                    except Exception as e:
-                        if classify(e) is Fault.UNAVAILABLE:
-                            # A connection that timed out, lost its socket mid-statement
-                            # or finds itself on a read-only server is never handed out again.
-                            conn.terminate()
-                        raise
-            except Exception as e:  # noqa: BLE001 - classified below, nothing escapes
-                fault = classify(e)
-                if fault is Fault.UNAVAILABLE:
-                    # After a failover every pooled connection may be to the old primary
-                    # (dead, or back as a read-only standby): replace them all, so the
-                    # retry connects afresh to whichever host is the primary now.
-                    await self._pool.expire_connections()
-                    self.metrics.database_unavailable()
-                    if time.monotonic() >= self._give_up_at:
-                        log.warning("database unavailable at shutdown: leaving batch to redelivery",
-                                    extra={"messages": len(callbacks)})
-                        return
-                    log.warning("database unavailable: holding batch",
-                                extra={"messages": len(callbacks), "reason": describe(e), "retry_in": delay})
-                    await asyncio.sleep(min(delay, max(0.0, self._give_up_at - time.monotonic())))
-                    delay = min(delay * 2, self._settings.database_retry_max_delay)
-                    continue
-                if fault is Fault.CONFLICT and conflicts < MAX_CONFLICT_RETRIES:
-                    conflicts += 1
-                    await asyncio.sleep(0.05 * conflicts)
-                    continue
-                if len(callbacks) == 1:
-                    message = messages[callbacks[0].id]
-                    if fault is Fault.CONFLICT:
-                        await self._retry_later(message, e)
-                    else:
-                        await self._dead_letter(message, "database", describe(e), type(e).__name__)
-                    return
-                # Find the message the database refused: split and land each half.
-                half = len(callbacks) // 2
-                await self._land(callbacks[:half], messages)
-                await self._land(callbacks[half:], messages)
-                return
-            break
-        self.metrics.landed(callbacks, result, time.perf_counter() - started)
-        await self._ack_all([messages[callback.id] for callback in callbacks])
-        for callback in callbacks:
-            outcome = result.outcomes[callback.id]
-            self.outcomes[outcome.value] += 1
+        """Write the batch (worker.landing); ack what committed, move what the database refused."""
+
+        async def committed(landed: list[Callback], result: BatchResult, started: float) -> None:
+            await self._ack_all([messages[callback.id] for callback in landed])
+            for callback in landed:
+                outcome = result.outcomes[callback.id]
+                self.outcomes[outcome.value] += 1
+                log.info(
+                    "callback stored",
+                    extra={
+                        "message_id": str(callback.id),
+                        "analysis_id": str(callback.analysis.ID) if callback.analysis else None,
+                        "outcome": outcome.value,
+                    },
+                )
             log.info(
-                "callback stored",
+                "batch committed",
                 extra={
-                    "message_id": str(callback.id),
-                    "analysis_id": str(callback.analysis.ID) if callback.analysis else None,
-                    "outcome": outcome.value,
+                    "messages": len(landed),
+                    "ms": round((time.perf_counter() - started) * 1000, 1),
+                    "rows": sum(result.rows.values()),
+                    "ingested": sum(1 for o in result.outcomes.values() if o is Outcome.INGESTED),
                 },
             )
-        log.info(
-            "batch committed",
-            extra={
-                "messages": len(callbacks),
-                "ms": round((time.perf_counter() - started) * 1000, 1),
-                "rows": sum(result.rows.values()),
-                "ingested": sum(1 for o in result.outcomes.values() if o is Outcome.INGESTED),
-            },
-        )
+
+        async def refused(callback: Callback, fault: Fault, exc: BaseException) -> None:
+            message = messages[callback.id]
+            if fault is Fault.CONFLICT:
+                await self._retry_later(message, exc)
+            else:
+                await self._dead_letter(message, "database", describe(exc), type(exc).__name__)
+
+        await self._landing.land(callbacks, committed=committed, refused=refused, give_up_at=lambda: self._give_up_at)
 
     async def _ack_all(self, landed: list[AbstractIncomingMessage]) -> None:
         """Ack messages under one deadline (one timer, not one task per ack): a frame
@@ -410,67 +339,44 @@ class Worker:
             reason = f"exhausted after {attempts} attempts; last error: {describe(exc)}"
             await self._dead_letter(message, "retry", reason, "RetriesExhausted")
             return
-        try:
-            _channel, declared = self._usable()
-            delay = await retry_later(
-                declared, message, attempts=attempts, error=describe(exc),
-                timeout=self._settings.publish_timeout,
-            )
-        except Exception as e:  # noqa: BLE001
-            await self._return_to_queue(message, "scheduling a retry failed", e)
-            return
-        self._settled(message)
-        self.outcomes["retried"] += 1
-        self.metrics.count("retried")
-        log.warning("callback to be retried",
-                    extra={"message_id": message.message_id, "outcome": "retried", "attempt": attempts,
-                           "retry_in": delay, "reason": describe(exc)})
-
-    def _usable(self) -> tuple[AbstractChannel, Topology]:
-        if self._broker is None:
-            raise BrokerUnavailable("no broker session")
-        return self._broker.usable()
+        delay = topology.retry_delay(attempts)
+        await self._move(
+            message, "retried", "scheduling a retry failed", "callback to be retried",
+            lambda declared: retry_later(declared, message, attempts=attempts, error=describe(exc),
+                                         timeout=self._settings.publish_timeout),
+            {"attempt": attempts, "retry_in": delay, "reason": describe(exc)},
+        )
 
     async def _dead_letter(
         self, message: AbstractIncomingMessage, stage: str, reason: str, error_class: str
     ) -> None:
+        await self._move(
+            message, "dead_lettered", "dead-lettering failed", "callback dead-lettered",
+            lambda declared: dead_letter(declared, message, stage=stage, error=reason, error_class=error_class,
+                                         by=self.name, timeout=self._settings.publish_timeout),
+            {"stage": stage, "reason": reason},
+        )
+
+    async def _move(
+        self,
+        message: AbstractIncomingMessage,
+        outcome: str,
+        failed: str,
+        event: str,
+        move: Callable[[Topology], Awaitable[object]],
+        facts: dict[str, object],
+    ) -> None:
+        """Move ``message`` to another queue (worker.moving) and count it as ``outcome``; if the
+        move is not confirmed, the message goes back to its queue instead (``failed`` says what failed)."""
         try:
-            _channel, declared = self._usable()
-            await dead_letter(
-                declared, message, stage=stage, error=reason, error_class=error_class,
-                by=self.name, timeout=self._settings.publish_timeout,
-            )
+            if self._broker is None:
+                raise BrokerUnavailable("no broker session")
+            _channel, declared = self._broker.usable()
+            await move(declared)
         except Exception as e:  # noqa: BLE001
-            await self._return_to_queue(message, "dead-lettering failed", e)
+            await self._return_to_queue(message, failed, e)
             return
         self._settled(message)
-        self.outcomes["dead_lettered"] += 1
-        self.metrics.count("dead_lettered")
-        log.warning("callback dead-lettered",
-                    extra={"message_id": message.message_id, "outcome": "dead_lettered",
-                           "stage": stage, "reason": reason})
-
-
-async def run_worker(settings: Settings, stop: asyncio.Event) -> Worker:
-    """Run one worker until ``stop`` is set; returns it (with its counters) once stopped."""
-    async with asyncpg.create_pool(
-        settings.database_url,
-        min_size=0,
-        max_size=WRITES_IN_FLIGHT + 1,  # one spare for the readiness probe
-        command_timeout=60,
-        # asyncpg prepares every statement; after five runs PostgreSQL may switch
-        # to a generic plan chosen while the tables were small (sequential scans
-        # for `= ANY($1)` look-ups), and keep it as they grow. Planning each run
-        # costs little next to a batch and measured 1.4x faster on growing tables.
-        server_settings={"plan_cache_mode": "force_custom_plan"},
-    ) as pool:
-        worker = Worker(settings, pool)
-        async with BrokerSession(
-            settings.amqp_url, "worker", prefetch=settings.worker_prefetch, on_ready=worker.attach
-        ) as broker:
-            worker.use_broker(broker)
-            async with serving(settings, worker.metrics.registry, Readiness(broker, pool)):
-                log.info("worker started", extra={"batch_size": settings.batch_size,
-                                                  "prefetch": settings.worker_prefetch})
-                await worker.run(stop)
-    return worker
+        self.outcomes[outcome] += 1
+        self.metrics.count(outcome)
+        log.warning(event, extra={"message_id": message.message_id, "outcome": outcome, **facts})

@@ -18,16 +18,14 @@ import asyncpg
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from flowscribe_ingest.amqp import BrokerSession
-from flowscribe_ingest.metrics import metrics_handler
-from flowscribe_ingest.serving import listening, listening_socket
-from flowscribe_ingest.settings import Settings
+from runtime.amqp import BrokerSession
+from runtime.probes import HEALTH_PATH, METRICS_PATH, READY_PATH, add_probes
+from runtime.serving import listening, listening_socket
+from runtime.settings import Settings
 
 log = logging.getLogger("worker")
 
-HEALTH_PATH = "/healthz"
-READY_PATH = "/readyz"
-METRICS_PATH = "/metrics"
+__all__ = ["HEALTH_PATH", "METRICS_PATH", "READY_PATH", "Readiness", "create_app", "serving"]
 
 # How long one answer from the database counts as "reachable" (probes and
 # scrapes every few seconds must not each cost a query), and how long a probe
@@ -41,7 +39,7 @@ DATABASE_PROBE_TIMEOUT = 2.0
 class Readiness:
     """Whether the worker can take work now: broker session ready and database reachable."""
 
-    def __init__(self, broker: BrokerSession, pool: asyncpg.Pool) -> None:
+    def __init__(self, broker: BrokerSession[object], pool: asyncpg.Pool) -> None:
         self._broker = broker
         self._pool = pool
         self._answered_at = float("-inf")
@@ -70,19 +68,11 @@ class Readiness:
 
 
 def create_app(registry: CollectorRegistry, readiness: Readiness) -> web.Application:
-    async def healthz(request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
-
-    async def readyz(request: web.Request) -> web.Response:
-        reason = await readiness.check()
-        if reason is None:
-            return web.json_response({"status": "ready"})
-        return web.json_response({"error": reason}, status=503)
+    async def not_ready() -> str | None:
+        return await readiness.check()
 
     app = web.Application()
-    app.router.add_get(HEALTH_PATH, healthz)
-    app.router.add_get(READY_PATH, readyz)
-    app.router.add_get(METRICS_PATH, metrics_handler(registry))
+    add_probes(app, registry, not_ready)
     return app
 
 

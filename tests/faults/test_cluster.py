@@ -24,10 +24,10 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestServer
 
-from flowscribe_ingest.amqp import connect_any
+from runtime.amqp import connect_any
 from gateway.app import create_app
 from schemas import topology
-from schemas.migrations import migrate
+from store.migrations import migrate
 from tests.conftest import RunningWorker
 from tests.faults.checker import (
     ALL_QUEUES,

@@ -244,7 +244,7 @@ class TestServerRestarts:
 
     @pytest.mark.timeout(300)
     async def test_postgresql_restart_during_a_run(self, settings, gateway, http, broker, private_postgres):
-        from schemas.migrations import migrate
+        from store.migrations import migrate
 
         database_url = private_postgres.url.rsplit("/", 1)[0] + "/flowscribe_faults"
         await migrate(database_url)

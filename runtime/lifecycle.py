@@ -8,7 +8,7 @@ import logging
 import signal
 from collections.abc import Iterator
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("flowscribe_ingest.lifecycle")  # the name in the log schema, from before the move
 
 
 @contextlib.contextmanager

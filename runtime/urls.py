@@ -2,7 +2,7 @@
 
 ``FLOWSCRIBE_AMQP_URL`` may name several broker nodes, comma-separated, each a
 whole ``amqp://`` URL (aio-pika connects to one URL at a time; the connect loop
-in ``flowscribe_ingest.amqp`` picks among them). ``FLOWSCRIBE_DATABASE_URL`` is
+in ``runtime.amqp`` picks among them). ``FLOWSCRIBE_DATABASE_URL`` is
 one URL, which may list several hosts the way libpq does
 (``postgresql://u@h1:5432,h2:5432/db?target_session_attrs=read-write``):
 asyncpg walks those itself. So a comma starts a new URL only where a scheme

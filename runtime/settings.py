@@ -16,7 +16,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from flowscribe_ingest.urls import amqp_urls, database_url, redact_urls
+from runtime.urls import amqp_urls, database_url, redact_urls
 
 
 class SettingsError(ValueError):
@@ -76,11 +76,21 @@ def _non_negative_float(raw: str) -> float:
     return value
 
 
-def _positive_int(raw: str) -> int:
-    value = int(raw)
-    if value <= 0:
-        raise ValueError("must be > 0")
-    return value
+def _int_in(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An integer parser that refuses values outside [low, high] instead of reading them some other way."""
+
+    def parse(raw: str) -> int:
+        value = int(raw)
+        if value < low or (high is not None and value > high):
+            raise ValueError(f"must be >= {low}" if high is None else f"must be {low}-{high}")
+        return value
+
+    return parse
+
+
+_positive_int = _int_in(1)
+_non_negative_int = _int_in(0)
+_port = _int_in(0, 65535)
 
 
 def _positive_float(raw: str) -> float:
@@ -132,7 +142,7 @@ class Settings:
         "FLOWSCRIBE_GATEWAY_HOST", "0.0.0.0", str, "Address the gateway listens on."
     )
     gateway_port: int = _setting(
-        "FLOWSCRIBE_GATEWAY_PORT", 8080, int, "Port the gateway listens on (0: any free port)."
+        "FLOWSCRIBE_GATEWAY_PORT", 8080, _port, "Port the gateway listens on (0: any free port)."
     )
     gateway_processes: int = _setting(
         "FLOWSCRIBE_GATEWAY_PROCESSES", 1, _positive_int,
@@ -202,7 +212,7 @@ class Settings:
         "Seconds a worker waits to fill a batch before writing what it has.",
     )
     prefetch: int = _setting(
-        "FLOWSCRIBE_WORKER_PREFETCH", 0, int,
+        "FLOWSCRIBE_WORKER_PREFETCH", 0, _non_negative_int,
         "Unacked messages a worker holds (0: three times the batch size: two batches being"
         " written and one being decoded).",
     )
@@ -221,7 +231,7 @@ class Settings:
         "Address the worker serves `/metrics`, `/healthz` and `/readyz` on.",
     )
     worker_http_port: int = _setting(
-        "FLOWSCRIBE_WORKER_HTTP_PORT", 8081, int,
+        "FLOWSCRIBE_WORKER_HTTP_PORT", 8081, _port,
         "Port of the worker's `/metrics`, `/healthz` and `/readyz` (0: any free port; the bound"
         " one is logged as `worker http listening`). Several workers on one host need one each, or 0.",
     )

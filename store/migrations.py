@@ -1,4 +1,4 @@
-"""Apply the SQL files in ``schemas/migrations/`` in order, each once.
+"""Apply the SQL files in ``store/migrations/`` in order, each once.
 
 Idempotent and safe to run from several processes at once (a one-shot job per
 deploy, or every developer's `make run`): an advisory lock serialises runners,
@@ -13,7 +13,7 @@ from importlib import resources
 
 import asyncpg
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("schemas.migrations")  # the name in the log schema, from before the move
 
 # Any constant works; it only has to be the same for every runner.
 _MIGRATION_LOCK = 0x466C6F77  # "Flow"
@@ -21,7 +21,7 @@ _MIGRATION_LOCK = 0x466C6F77  # "Flow"
 
 def migration_files() -> list[tuple[str, str]]:
     """(version, sql) for every migration, in the order they apply."""
-    folder = resources.files("schemas") / "migrations"
+    folder = resources.files("store") / "migrations"
     files = sorted(f for f in folder.iterdir() if f.name.endswith(".sql"))
     return [(f.name.removesuffix(".sql"), f.read_text(encoding="utf-8")) for f in files]
 

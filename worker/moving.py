@@ -16,6 +16,7 @@ from collections.abc import Mapping
 import aio_pika
 from aio_pika.abc import AbstractExchange, AbstractIncomingMessage
 
+from runtime.messages import publish_confirmed, republishable
 from schemas import topology
 from schemas.topology import Topology
 
@@ -26,23 +27,7 @@ def _now() -> str:
 
 def copy_of(message: AbstractIncomingMessage, headers: Mapping[str, object]) -> aio_pika.Message:
     """The message with its body and properties, plus (or overriding) ``headers``."""
-    merged = dict(message.headers or {})
-    merged.update(headers)
-    return aio_pika.Message(
-        message.body,
-        headers=merged,
-        content_type=message.content_type,
-        content_encoding=message.content_encoding,
-        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-        priority=message.priority,
-        correlation_id=message.correlation_id,
-        reply_to=message.reply_to,
-        message_id=message.message_id,
-        timestamp=message.timestamp,
-        type=message.type,
-        app_id=message.app_id,
-        # user_id is left out: the broker rejects a user_id that is not ours.
-    )
+    return republishable(message, {**(message.headers or {}), **headers})
 
 
 def dead_letter_copy(
@@ -77,7 +62,7 @@ async def move(
     timeout: float,
 ) -> None:
     """Publish ``copy`` with confirms (raises if not confirmed), then ack the original."""
-    await exchange.publish(copy, routing_key=routing_key, mandatory=True, timeout=timeout)
+    await publish_confirmed(exchange, copy, routing_key, timeout)
     await message.ack()
 
 

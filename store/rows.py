@@ -1,52 +1,15 @@
-"""A decoded callback and the table rows it becomes."""
+"""The table rows a decoded callback becomes."""
 
 from __future__ import annotations
 
-import dataclasses
-import datetime
-import uuid
-
 import msgspec
 
+from schemas.message import Callback
 from schemas.naming import snake_case
-from schemas.payload import CHILD_TABLES, ConversationAnalysis, Payload, VendorStruct
+from schemas.payload import CHILD_TABLES, ConversationAnalysis, VendorStruct
 
-
-@dataclasses.dataclass(slots=True)
-class Callback:
-    """One delivered message, decoded: what the store needs to decide and write."""
-
-    id: uuid.UUID  # the gateway's message id
-    received_at: datetime.datetime
-    content_type: str
-    body_sha256: str
-    body: bytes
-    payload: Payload
-    reprocess: bool = False  # re-derive a stored callback's rows (see worker.store)
-
-    @property
-    def analysis(self) -> ConversationAnalysis | None:
-        return self.payload.ConversationAnalysisModel
-
-    @property
-    def job_id(self) -> uuid.UUID | None:
-        job = self.payload.JobStatus
-        return job.JobID if job is not None else None
-
-    @property
-    def job_failed(self) -> bool:
-        """Flowscribe reports failure, or sent no analysis to store."""
-        job = self.payload.JobStatus
-        return (
-            self.payload.Success is False
-            or (job is not None and job.Success is False)
-            or self.analysis is None
-        )
-
-    @property
-    def version(self) -> tuple[datetime.datetime, uuid.UUID]:
-        """Order of versions of one analysis: received later wins; the id breaks ties."""
-        return (self.received_at, self.id)
+# The PostgreSQL schema every table is in (store/migrations/).
+SCHEMA = "flowscribe"
 
 
 _astuple = msgspec.structs.astuple

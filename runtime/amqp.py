@@ -5,7 +5,8 @@ consumers has known gaps (consumers not resumed after some broker restarts or
 broker-side cancels; publishes hanging while it reconnects), and its channels
 keep delivery tags across reconnects in ways that are easy to misuse. One loop
 here owns the whole lifecycle instead: connect, open a channel with publisher
-confirms, declare the topology, hand the channel to the user's ``on_ready``,
+confirms, declare what the caller needs (``declare``: the topology), hand the channel
+to the caller's ``on_ready``,
 wait until the connection or the channel closes, and start over with backoff.
 Code that holds a message from a dead channel finds its ack failing, and the
 broker redelivers that message: nothing is lost on a reconnect.
@@ -28,17 +29,21 @@ import random
 import socket
 import urllib.parse
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractConnection
 
-from flowscribe_ingest.urls import amqp_urls, redact_url
-from schemas.topology import Topology, declare
+from runtime.errors import describe
+from runtime.urls import amqp_urls, redact_url
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("flowscribe_ingest.amqp")  # the name in the log schema, from before the move
 
-OnReady = Callable[[AbstractChannel, Topology], Awaitable[None]]
+# What ``declare`` returns (schemas.topology.Topology): the runtime is below the
+# contracts and knows nothing of our exchanges and queues; their user passes them in.
+Declared = TypeVar("Declared")
+Declare = Callable[[AbstractChannel], Awaitable[Declared]]
+OnReady = Callable[[AbstractChannel, Declared], Awaitable[None]]
 
 # Heartbeats let a process notice a silently dead link (a black-holed TCP path)
 # within about two intervals, instead of the OS's TCP timeout of many minutes.
@@ -111,7 +116,7 @@ def _close_listener(lost: asyncio.Future[BaseException | None]) -> Callable[...,
     return on_close
 
 
-class BrokerSession:
+class BrokerSession(Generic[Declared]):
     """Keeps one connection and one confirm channel open for as long as it is entered."""
 
     def __init__(
@@ -119,8 +124,9 @@ class BrokerSession:
         urls: str,
         name: str,
         *,
+        declare: Declare[Declared],
         prefetch: int | None = None,
-        on_ready: OnReady | None = None,
+        on_ready: OnReady[Declared] | None = None,
         connect_timeout: float = 5.0,
         max_backoff: float = 2.0,
         rng: random.Random | None = None,
@@ -129,11 +135,12 @@ class BrokerSession:
         self._nodes = NodeOrder([connection_url(url, name) for url in amqp_urls(urls)], rng)
         self._name = name
         self._prefetch = prefetch
+        self._declare = declare
         self._on_ready = on_ready
         self._connect_timeout = connect_timeout
         self._max_backoff = max_backoff
         self._channel: AbstractChannel | None = None
-        self._topology: Topology | None = None
+        self._topology: Declared | None = None
         self._ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._connection: AbstractConnection | None = None
@@ -148,7 +155,7 @@ class BrokerSession:
             and not self._channel.is_closed
         )
 
-    def usable(self) -> tuple[AbstractChannel, Topology]:
+    def usable(self) -> tuple[AbstractChannel, Declared]:
         """The current channel and topology, or BrokerUnavailable."""
         if not self.ready or self._topology is None or self._channel is None:
             raise BrokerUnavailable("not connected to the broker")
@@ -157,7 +164,7 @@ class BrokerSession:
     async def wait_ready(self, timeout: float) -> None:
         await asyncio.wait_for(self._ready.wait(), timeout)
 
-    async def __aenter__(self) -> BrokerSession:
+    async def __aenter__(self) -> BrokerSession[Declared]:
         self._task = asyncio.create_task(self._run(), name=f"broker-session-{self._name}")
         return self
 
@@ -187,7 +194,7 @@ class BrokerSession:
                 channel.close_callbacks.add(on_close)
                 if self._prefetch is not None:
                     await channel.set_qos(prefetch_count=self._prefetch)
-                topology = await declare(channel)
+                topology = await self._declare(channel)
                 if self._on_ready is not None:
                     await self._on_ready(channel, topology)
                 self._channel, self._topology = channel, topology
@@ -236,6 +243,4 @@ def _ignore_result(task: asyncio.Future[Any]) -> None:
 
 
 def _describe(exc: BaseException | None) -> str:
-    if exc is None:
-        return "closed"
-    return f"{type(exc).__name__}: {exc}"
+    return "closed" if exc is None else describe(exc)

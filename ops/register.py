@@ -32,23 +32,21 @@ from typing import TextIO
 import aiohttp
 import yarl
 
-from flowscribe_ingest.settings import Settings
+from ops.errors import UsageError
+from runtime.handlers import lazy
+from runtime.redaction import SecretsRedactor
+from runtime.settings import Settings
 
 INITIALIZE_PATH = "api/ConversationAnalysis/InitializeWebHook"
 DEFAULT_API_KEY_HEADER = "X-API-Key"
 DEFAULT_ATTEMPTS = 5
-REDACTED = "<redacted>"
 # What we show of an answer's body: enough for an error message, not a flood.
 SHOWN_BODY_CHARS = 2000
 
 
 def vendor_sample() -> bytes:
     """The JSON sample from Flowscribe's API page, shipped inside the package."""
-    return (importlib.resources.files("flowscribe_ingest") / "samples" / "vendor-sample.json").read_bytes()
-
-
-class UsageError(ValueError):
-    """The command line cannot work as given (exit status 2)."""
+    return (importlib.resources.files("schemas") / "samples" / "vendor-sample.json").read_bytes()
 
 
 class RegistrationFailed(Exception):
@@ -111,20 +109,12 @@ def initialize_url(api_base: str, callback_url: str) -> yarl.URL:
     return yarl.URL(f"{str(base).rstrip('/')}/{INITIALIZE_PATH}?{query}", encoded=True)
 
 
-class Redactor:
+def redactor(callback_url: str, api_key: str | None) -> SecretsRedactor:
     """Hides the API key and the callback token (the URL's last path segment) in text we print."""
-
-    def __init__(self, callback_url: str, api_key: str | None) -> None:
-        token = urllib.parse.urlsplit(callback_url).path.rstrip("/").rpartition("/")[2]
-        secrets = {s for s in (token, api_key) if s}
-        # Raw, percent-encoded (as in the query we sent) and path-decoded forms alike.
-        forms = {form for s in secrets for form in (s, urllib.parse.quote(s, safe=""), urllib.parse.unquote(s))}
-        self._forms = sorted((f for f in forms if f), key=len, reverse=True)
-
-    def __call__(self, text: str) -> str:
-        for form in self._forms:
-            text = text.replace(form, REDACTED)
-        return text
+    token = urllib.parse.urlsplit(callback_url).path.rstrip("/").rpartition("/")[2]
+    secrets = {s for s in (token, api_key) if s}
+    # Raw, percent-encoded (as in the query we sent) and path-decoded forms alike.
+    return SecretsRedactor(form for s in secrets for form in (s, urllib.parse.quote(s, safe=""), urllib.parse.unquote(s)))
 
 
 async def post_with_retries(
@@ -174,7 +164,7 @@ async def check_route(
     headers = {"Content-Type": "application/json"}
     if signing_keys:
         # The gateway requires signed callbacks: sign as Flowscribe would.
-        from gateway.signatures import ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
+        from schemas.signing import ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 
         msg_id, now = f"msg_{uuid.uuid4().hex}", int(time.time())
         headers |= {ID_HEADER: msg_id, TIMESTAMP_HEADER: str(now),
@@ -203,7 +193,7 @@ async def register(
 ) -> int:
     """Register ``callback_url`` with Flowscribe (after --check, if asked); the exit status."""
     out, err = out or sys.stdout, err or sys.stderr
-    redact = Redactor(callback_url, api_key)
+    redact = redactor(callback_url, api_key)
 
     def say(line: str) -> None:
         print(redact(line), file=err)
@@ -254,6 +244,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
                         help=f"tries per request for transient failures (default {DEFAULT_ATTEMPTS})")
     parser.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
                         help="deadline of each request (default 30)")
+    parser.set_defaults(run=lazy("ops.register:main"))
 
 
 def main(settings: Settings, args: argparse.Namespace) -> int:

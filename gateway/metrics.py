@@ -1,0 +1,58 @@
+"""What the gateway counts: callback answers by status, publish latency."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from runtime.metrics import LATENCY_BUCKETS, PREFIX, Handler, Middleware, new_registry
+
+
+class GatewayMetrics:
+    """What the gateway counts: callback answers by status, publish latency."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else new_registry()
+        self.callbacks = Counter(
+            PREFIX + "callbacks_received", "Callback requests answered, by HTTP status.",
+            ["status"], registry=self.registry,
+        )
+        self.publish_seconds = Histogram(
+            PREFIX + "publish_seconds",
+            "Time to publish a callback and get the broker's confirm (result: confirmed or failed).",
+            ["result"], buckets=LATENCY_BUCKETS, registry=self.registry,
+        )
+        for result in ("confirmed", "failed"):
+            self.publish_seconds.labels(result)
+
+    def count_responses(self, path_prefix: str) -> Middleware:
+        """Middleware counting every answer to a request under ``path_prefix``, by status only."""
+
+        @web.middleware
+        async def count_callback_statuses(request: web.Request, handler: Handler) -> web.StreamResponse:
+            if not request.path.startswith(path_prefix):
+                return await handler(request)
+            try:
+                response = await handler(request)
+            except web.HTTPException as e:
+                self.callbacks.labels(str(e.status)).inc()
+                raise
+            self.callbacks.labels(str(response.status)).inc()
+            return response
+
+        return count_callback_statuses
+
+    @contextlib.contextmanager
+    def publishing(self) -> Iterator[None]:
+        """Time the block as one publish: ``failed`` if it raises, else ``confirmed``."""
+        started = time.perf_counter()
+        result = "failed"
+        try:
+            yield
+            result = "confirmed"
+        finally:
+            self.publish_seconds.labels(result).observe(time.perf_counter() - started)

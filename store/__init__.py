@@ -1,0 +1,1 @@
+"""PostgreSQL: the rows a callback becomes, the decision what to write, the batch write, migrations."""

@@ -1,0 +1,1 @@
+"""The worker process: consume callback messages, land them in PostgreSQL, ack after commit."""
