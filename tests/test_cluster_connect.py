@@ -110,7 +110,8 @@ class TestInternalClientErrors:
 
 class TestBrokerFailover:
     async def test_a_dead_node_in_the_list_is_skipped(self, amqp_url):
-        async with BrokerSession(f"{DEAD},{amqp_url}", "test", declare=topology.declare, rng=random.Random(0)) as session:
+        urls = f"{DEAD},{amqp_url}"
+        async with BrokerSession(urls, "test", declare=topology.declare, rng=random.Random(0)) as session:
             await session.wait_ready(10)
             assert session.url is not None and ":1/" not in session.url
         connection = await connect_any(f"{DEAD},{DEAD},{amqp_url}", "test", timeout=5)
