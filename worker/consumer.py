@@ -125,8 +125,12 @@ class Worker:
                 prepared = await self._guarded(self._prepare(batch), batch)
                 if not prepared:
                     continue
-                while len(writing) >= WRITES_IN_FLIGHT:
-                    _done, writing = await asyncio.wait(writing, return_when=asyncio.FIRST_COMPLETED)
+                while len(writing) >= WRITES_IN_FLIGHT and not stop.is_set():
+                    # Waiting for a slot ends at a stop too: the writes in flight may be
+                    # commits that wait as long as a synchronous standby is down.
+                    await asyncio.wait({*writing, wake}, return_when=asyncio.FIRST_COMPLETED)
+                    writing = {task for task in writing if not task.done()}
+                # At a stop this batch joins the writes in flight, under the shutdown deadline.
                 writing.add(asyncio.create_task(self._guarded(self._land(*prepared), batch)))
             if writing:
                 await self._finish_writes(writing)

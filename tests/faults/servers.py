@@ -659,22 +659,26 @@ class PrivateRabbitMQCluster:
                 counts[by_port[port]] += 1
         return counts
 
-    def queue_leader(self, queue: str, vhost: str = "/") -> str:
-        """The node leading a quorum queue (``rabbitmq-queues quorum_status``)."""
+    def quorum_status(self, queue: str, vhost: str = "/") -> dict[str, str]:
+        """Raft state by member node of a quorum queue (``rabbitmq-queues quorum_status``)."""
+        import json
+
         for node in self.running_nodes():
             proc = subprocess.run(
                 [str(RABBITMQ_BIN / "rabbitmq-queues"), "-n", node.nodename, "quorum_status", queue,
                  "-p", vhost, "--formatter", "json"],
                 cwd=node.root, env=node.env, capture_output=True, text=True, timeout=60,
             )
-            if proc.returncode != 0:
-                continue
-            import json
+            if proc.returncode == 0:
+                return {str(m["Node Name"]): str(m["Raft State"]) for m in json.loads(proc.stdout)}
+        raise RuntimeError(f"no node answered quorum_status {queue}")
 
-            for member in json.loads(proc.stdout):
-                if str(member.get("Raft State")) == "leader":
-                    return str(member["Node Name"])
-        raise RuntimeError(f"no leader known for {queue}")
+    def queue_leader(self, queue: str, vhost: str = "/") -> str:
+        """The node leading a quorum queue."""
+        leaders = [node for node, state in self.quorum_status(queue, vhost).items() if state == "leader"]
+        if not leaders:
+            raise RuntimeError(f"no leader known for {queue}")
+        return leaders[0]
 
     def wait_until_clustered(self, timeout: float = 90.0) -> None:
         """Until every node runs and sees all the others (after a restart or a partition)."""
