@@ -34,7 +34,18 @@ from typing import Any
 import asyncpg
 
 from bench import copy_ceiling, payloads
-from bench.services import ROOT, Proc, Services, Window, free_port, machine, postgres_version, python_argv, wait_http_ready
+from bench.services import (
+    ROOT,
+    Proc,
+    Services,
+    Window,
+    free_port,
+    machine,
+    postgres_version,
+    python_argv,
+    wait_http_ready,
+)
+from store.rows import CHILD_COLUMNS
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "out"
@@ -123,8 +134,8 @@ class Bodies:
 async def prefill(services: Services, bodies: Iterator[tuple[bytes, int]], n: int, content_type: str,
                   concurrency: int = 200) -> int:
     """Publish ``n`` bodies exactly as the gateway does (its own publish_callback); returns their rows."""
-    from runtime.amqp import BrokerSession
     from gateway.publisher import publish_callback
+    from runtime.amqp import BrokerSession
     from schemas import topology
 
     rows = 0
@@ -219,9 +230,10 @@ def batch_ms(procs: list[Proc]) -> dict[str, float]:
 async def db_counts(services: Services) -> dict[str, Any]:
     conn = await asyncpg.connect(services.database_url)
     try:
-        outcomes = dict(await conn.fetch("SELECT outcome, count(*) FROM flowscribe.callbacks GROUP BY 1"))
+        counted = await conn.fetch("SELECT outcome, count(*) FROM flowscribe.callbacks GROUP BY 1")
+        outcomes = {r["outcome"]: r["count"] for r in counted}
         rows = 0
-        for table in ("callbacks", "jobs", "analyses", *copy_ceiling.CHILD_COLUMNS):
+        for table in ("callbacks", "jobs", "analyses", *CHILD_COLUMNS):
             rows += await conn.fetchval(f"SELECT count(*) FROM flowscribe.{table}")
         return {"outcomes": outcomes, "rows": rows}
     finally:
@@ -299,8 +311,8 @@ def broker_ceiling(services: Services, out: Path, name: str, body_file: Path, co
         "rate": round(sum(r["requests"] / (r["duration_us"] / 1e6) for r in results), 1),
         "p50_ms": round(max(r["p50_us"] for r in results) / 1000, 2),
         "p99_ms": round(max(r["p99_us"] for r in results) / 1000, 2),
-        "publisher_cpu_lifetime_s": round(sum(p.rusage.ru_utime + p.rusage.ru_stime
-                                              for p in publishers.values()), 2),
+        "publisher_cpu_lifetime_s": round(sum((p.rusage.ru_utime + p.rusage.ru_stime
+                                               for p in publishers.values()), 0.0), 2),
         **summary,
     }
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
 import time
@@ -122,10 +123,8 @@ async def open_loop(url: str, templates: list[tuple[bytes, str, str]], content_t
         await asyncio.gather(*tasks)
         sent_done = time.monotonic()
         stop_polling.set()
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(poller, drain_timeout)
-        except TimeoutError:
-            pass
         server_lag = await conn.fetch(
             "SELECT extract(epoch FROM processed_at - received_at) AS lag FROM flowscribe.callbacks"
             " WHERE id = ANY($1::uuid[])", list(sent_at))

@@ -23,7 +23,7 @@ def _noop_publish() -> None:
     async def publish_nothing(broker: object, body: bytes, content_type: str, timeout: float) -> str:
         return str(uuid.uuid4())
 
-    gateway.app.publish_callback = publish_nothing  # type: ignore[assignment]
+    gateway.app.publish_callback = publish_nothing  # type: ignore[attr-defined]
 
 
 def _plan_cache_mode(mode: str) -> None:
@@ -37,11 +37,11 @@ def _plan_cache_mode(mode: str) -> None:
 
     create_pool = asyncpg.create_pool
 
-    def with_mode(*args, **kwargs):  # type: ignore[no-untyped-def]
+    def with_mode(*args, **kwargs):
         kwargs["server_settings"] = {**(kwargs.get("server_settings") or {}), "plan_cache_mode": mode}
         return create_pool(*args, **kwargs)
 
-    asyncpg.create_pool = with_mode  # type: ignore[assignment]  # worker.consumer calls asyncpg.create_pool
+    asyncpg.create_pool = with_mode  # worker.consumer calls asyncpg.create_pool
 
 
 def _no_per_message_logs() -> None:

@@ -13,7 +13,6 @@ import asyncio
 import datetime
 import hashlib
 import json
-import sys
 
 import aio_pika
 import asyncpg
@@ -89,4 +88,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -27,7 +27,16 @@ from typing import Any
 from xml.sax.saxutils import escape
 
 __all__ = [
-    "SIZES", "Size", "build", "render", "body", "to_json", "to_xml", "rows_of", "variant", "CONTENT_TYPES",
+    "CONTENT_TYPES",
+    "SIZES",
+    "Size",
+    "body",
+    "build",
+    "render",
+    "rows_of",
+    "to_json",
+    "to_xml",
+    "variant",
 ]
 
 CONTENT_TYPES = {"json": "application/json", "xml": "application/xml"}

@@ -16,7 +16,6 @@ for a full run.
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import datetime
 import hashlib
@@ -35,7 +34,7 @@ from typing import Any
 
 import asyncpg
 
-from bench.services import ROOT, Proc, Services, Window
+from bench.services import Proc, Services
 
 # (bucket, files): the first rule that matches a frame's file, from the leaf up, names the
 # sample's bucket; frames matching none (stdlib, asyncio) are skipped on the way up. A key
@@ -85,8 +84,8 @@ def summarize(raw: Path, rules: list[tuple[str, tuple[str, ...]]], top: int = 15
             continue
         frames, count = _frames(line)
         total += count
-        self_time["%s (%s)" % frames[-1]] += count
-        for f in {"%s (%s)" % f for f in frames}:
+        self_time["{} ({})".format(*frames[-1])] += count
+        for f in {"{} ({})".format(*f) for f in frames}:
             inclusive[f] += count
         for _, file in reversed(frames):
             bucket = next((name for name, keys in rules if any(_matches(file, k) for k in keys)), None)
@@ -138,10 +137,10 @@ async def stages(services: Services, bodies: Any) -> dict[str, Any]:
     from bench import copy_ceiling
     from runtime.logs import JsonFormatter
     from schemas import topology
-    from schemas.message import to_callback
     from schemas.decoding import decode_payload
-    from store.rows import CHILD_COLUMNS, analysis_row, child_rows
+    from schemas.message import to_callback
     from store.batch import write_batch
+    from store.rows import CHILD_COLUMNS, analysis_row, child_rows
 
     n = 100
     variants = bodies.variants("typical", "json", start=5 * 10**6)
@@ -187,7 +186,7 @@ async def stages(services: Services, bodies: Any) -> dict[str, Any]:
     conn = await asyncpg.connect(services.database_url)
     try:
         writes = []
-        for i in range(3):
+        for _ in range(3):
             batch = [to_callback(m) for m in messages([next(variants)[0] for _ in range(n)])]
             t = time.perf_counter()
             await write_batch(conn, batch)
@@ -292,7 +291,7 @@ async def plan_cache(services: Services, bodies: Any, out: Path, n: int) -> list
     """A backlog drained into emptied tables: the product, and each plan_cache_mode (see launch._plan_cache_mode)."""
     from bench.harness import drain
 
-    runs = []
+    runs: list[dict[str, Any]] = []
     for label, flags in (("product as is", ()),
                          ("plan_cache_mode=auto (PostgreSQL's default)", ("--plan-cache-mode", "auto")),
                          ("plan_cache_mode=force_custom_plan", ("--plan-cache-mode", "force_custom_plan"))):
@@ -307,8 +306,10 @@ async def large_in_hand(services: Services, bodies: Any, out: Path, n: int) -> l
     """Worker memory with a full prefetch of large (2 MB) callbacks: default prefetch, then a small one."""
     from bench.harness import drain
 
-    runs = []
-    for label, settings in (("default prefetch (3 x batch = 300)", {}), ("prefetch 20", {"worker_prefetch": 20})):
+    runs: list[dict[str, Any]] = []
+    variants: list[tuple[str, dict[str, Any]]] = [
+        ("default prefetch (3 x batch = 300)", {}), ("prefetch 20", {"worker_prefetch": 20})]
+    for label, settings in variants:
         r = await drain(services, out, f"proto-large-{len(runs)}", bodies.variants("large", "json"), n,
                         "application/json", **settings)
         runs.append({"variant": label, "payloads": n, "payloads_per_s": r["payloads_per_s"], "rows_per_s": r["rows_per_s"],
@@ -387,7 +388,7 @@ def markdown(r: dict[str, Any]) -> str:
             lines.append(f"| {x['variant']} | {x['payloads_per_s']:,.1f} | {x['rows_per_s']:,} | {x['peak_rss_mb']:.0f} MB |")
     proto = r["prototypes"]
     if "error" in proto:
-        return "\n".join(lines + ["", f"Prototypes failed: `{proto['error']}`"]) + "\n"
+        return "\n".join([*lines, "", f"Prototypes failed: `{proto['error']}`"]) + "\n"
     lines += ["", "## Prototypes (bench-only; the product is unchanged)", ""]
     for size, runs in proto["worker"].items():
         base_w = runs[0]["rows_per_s"]

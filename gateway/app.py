@@ -3,35 +3,43 @@
 A callback passes, in this order, the checks that cost the least and tell an
 outsider the least first: source network (403) and rate (429), before anything
 about the request is looked at; then the token (401) and the signature headers
-(401); then type (415) and announced size (413); then the body, read within its
-size, time (408) and the process's byte budget (503); then the signature over
-the exact bytes (401). Only then is it published, and 202 only once confirmed.
+(401); then type and coding (415) and announced size (413); only then is the
+body invited (`100 Continue`) and read within its size, time (408) and the
+process's byte budget (503), and decoded if compressed; then the signature over
+the bytes (401). Only then is it published, and 202 only once confirmed.
+
+A request refused before its body is read costs nothing more: the body is
+neither inflated (aiohttp's decompression is off, see BODY_HANDLING) nor
+drained; the connection is closed after the answer.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
-from aiohttp import web
+from aiohttp import HttpVersion11, hdrs, web
+from aiohttp.typedefs import Handler
 
+from gateway.body import BodyIncomplete, BodyTimeout, BodyTooLarge, CorruptBody, read_body
+from gateway.coding import UnsupportedCoding, body_coding, check_transfer_coding
+from gateway.limits import InflightBudget, OverBudget, RateLimiter, retry_after
+from gateway.metrics import GatewayMetrics
+from gateway.publisher import PublishFailed, publish_callback
+from gateway.redaction import redact_path
+from gateway.routes import CALLBACK_PATH, OPENAPI_PATH
+from gateway.signatures import SignatureError, SignatureVerifier
+from gateway.sources import SourcePolicy, rate_key
 from runtime.amqp import BrokerSession
 from runtime.probes import add_probes
 from runtime.settings import Settings
 from schemas import topology
-from gateway.body import BodyIncomplete, BodyTimeout, BodyTooLarge, read_body
-from gateway.limits import InflightBudget, OverBudget, RateLimiter, retry_after
-from gateway.publisher import PublishFailed, publish_callback
-from gateway.redaction import redact_path
-from gateway.metrics import GatewayMetrics
-from gateway.routes import CALLBACK_PATH, OPENAPI_PATH
-from gateway.signatures import SignatureError, SignatureVerifier
-from gateway.sources import SourcePolicy, rate_key
 
 log = logging.getLogger("gateway")
 
@@ -55,7 +63,18 @@ _CHARSET = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:+-]{0,39}")
 
 OPENAPI_FILE = Path(__file__).with_name("openapi.yaml")
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# How aiohttp's server treats request bodies, for every server this app runs in
+# (production and tests alike): it must not inflate a compressed body in its
+# parser, before the handler has authenticated the request (the handler decodes
+# within bounds: gateway.coding); and it must not read on through the body of a
+# request answered without it ("lingering close"): that connection is closed.
+BODY_HANDLING = {"auto_decompress": False, "lingering_time": 0}
+# Of a body still arriving when its request is answered, at most this much is
+# read (as sent, never inflated) before the connection is closed: enough for a
+# client that sent a callback-sized body to get the answer rather than a reset,
+# far too little for a bomb or a flood to cost anything.
+DISCARD_BYTES = 512 * 1024
+DISCARD_SECONDS = 1.0
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -65,7 +84,8 @@ def create_app(settings: Settings) -> web.Application:
     # Metrics outermost, so that every answer is counted: 403/429 from the guard, 500 from a bug.
     app = web.Application(
         client_max_size=settings.max_body_bytes,
-        middlewares=[metrics.count_responses(CALLBACK_PATH), _json_errors, _source_guard],
+        middlewares=[_answer_then_close, metrics.count_responses(CALLBACK_PATH), _json_errors, _source_guard],
+        handler_args=BODY_HANDLING,
     )
     app[SETTINGS] = settings
     app[METRICS] = metrics
@@ -76,10 +96,11 @@ def create_app(settings: Settings) -> web.Application:
     if settings.signing_secrets:
         app[SIGNATURES] = SignatureVerifier(settings.signing_secrets, settings.signature_tolerance)
     app.cleanup_ctx.append(_broker_session)
-    app.router.add_post(CALLBACK_PATH + "/{token}", receive_callback)
+    # The handler says `100 Continue` itself, once the checks that need no body have passed.
+    app.router.add_post(CALLBACK_PATH + "/{token}", receive_callback, expect_handler=_continue_later)
     # No token at all gets the same answer as a wrong one.
-    app.router.add_post(CALLBACK_PATH, _unauthorized)
-    app.router.add_post(CALLBACK_PATH + "/", _unauthorized)
+    app.router.add_post(CALLBACK_PATH, _unauthorized, expect_handler=_continue_later)
+    app.router.add_post(CALLBACK_PATH + "/", _unauthorized, expect_handler=_continue_later)
 
     async def broker_not_ready() -> str | None:
         broker = app.get(BROKER)
@@ -110,11 +131,38 @@ def _error(status: int, reason: str, **headers: str) -> web.Response:
     return web.json_response({"error": reason}, status=status, headers=headers)
 
 
-def _unread_body(response: web.Response) -> web.Response:
-    """Refused before its body was read: close the connection rather than take
-    in (and buffer) a body we will not use."""
-    response.force_close()
+@web.middleware
+async def _answer_then_close(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A response given before the body was read is sent at once; then a little of the
+    rest of the body is read and dropped: if that was all of it, the connection stays
+    open, else aiohttp closes it (BODY_HANDLING). (No `Connection: close` in the answer:
+    clients still sending take it as a reason to abort, and miss the answer.)"""
+    response = await handler(request)
+    if request.content.is_eof() or response.prepared:
+        return response
+    await response.prepare(request)
+    await response.write_eof()
+    with contextlib.suppress(TimeoutError, ConnectionError, web.RequestPayloadError):
+        async with asyncio.timeout(DISCARD_SECONDS):
+            left = DISCARD_BYTES
+            while left > 0 and (chunk := await request.content.readany()):
+                left -= len(chunk)
     return response
+
+
+async def _continue_later(request: web.Request) -> None:
+    """Routes' Expect handler: refuse an expectation we cannot meet (417) and send
+    nothing yet for `100-continue` (``_invite_body`` does, when the time comes)."""
+    expect = request.headers.get(hdrs.EXPECT, "")
+    if expect.lower() != "100-continue":
+        raise web.HTTPExpectationFailed(text=f"unknown Expect: {expect}")
+
+
+async def _invite_body(request: web.Request) -> None:
+    """Everything that needs no body has passed: now tell a client waiting to send it."""
+    if request.version == HttpVersion11 and request.headers.get(hdrs.EXPECT, "").lower() == "100-continue":
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # the answer proper has not started
 
 
 def _unavailable(settings: Settings, reason: str) -> web.Response:
@@ -189,25 +237,32 @@ async def receive_callback(request: web.Request) -> web.Response:
         )
     if request.charset is not None and not _CHARSET.fullmatch(request.charset):
         return _error(415, "unsupported charset parameter")
+    try:
+        check_transfer_coding(request.headers.getall(hdrs.TRANSFER_ENCODING, ()))
+        coding = body_coding(request.headers.getall(hdrs.CONTENT_ENCODING, ()))
+    except UnsupportedCoding as e:
+        return _error(415, str(e))
     too_large = f"body larger than {settings.max_body_bytes} bytes"
     if request.content_length is not None and request.content_length > settings.max_body_bytes:
-        return _unread_body(_error(413, too_large))
+        return _error(413, too_large)
     budget = app[BUDGET]
     if request.content_length is not None and request.content_length > budget.available:
         log.warning("callback not accepted: in-flight byte budget exhausted",
                     extra={"bytes": request.content_length, "in_flight": budget.used})
-        return _unread_body(_unavailable(settings, "the gateway is busy; retry later"))
+        return _unavailable(settings, "the gateway is busy; retry later")
 
+    await _invite_body(request)
     with budget.hold() as holding:
         try:
             body = await read_body(
-                request, limit=settings.max_body_bytes, holding=holding, timeout=settings.body_read_timeout
+                request, limit=settings.max_body_bytes, holding=holding, timeout=settings.body_read_timeout,
+                coding=coding,
             )
         except BodyTooLarge:
             return _error(413, too_large)
         except BodyTimeout as e:
             return _error(408, str(e))
-        except BodyIncomplete as e:
+        except (BodyIncomplete, CorruptBody) as e:
             return _error(400, str(e))
         except OverBudget:
             log.warning("callback not accepted: in-flight byte budget exhausted",

@@ -7,9 +7,10 @@ import time
 from collections.abc import Iterator
 
 from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from runtime.metrics import LATENCY_BUCKETS, PREFIX, Handler, Middleware, new_registry
+from runtime.metrics import LATENCY_BUCKETS, PREFIX, new_registry
 
 
 class GatewayMetrics:

@@ -26,6 +26,7 @@ does for one process. The supervisor itself never touches a request.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import shutil
@@ -33,7 +34,8 @@ import signal
 import socket
 import sys
 import tempfile
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from runtime.serving import listening_socket
 from runtime.settings import Settings
@@ -74,10 +76,8 @@ def _supervise(settings: Settings) -> int:
         nonlocal stopping
         stopping = True
         for pid in children:
-            try:
+            with contextlib.suppress(ProcessLookupError):  # already gone; reaped below
                 os.kill(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass  # already gone; reaped below
 
     def on_signal(signum: int, frame: object) -> None:
         if not stopping:
@@ -109,9 +109,9 @@ def _supervise(settings: Settings) -> int:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
     while children:
         pid, status = os.wait()
-        index = children.pop(pid, None)
-        if index is None:
+        if pid not in children:
             continue
+        index = children.pop(pid)
         code = os.waitstatus_to_exitcode(status)
         if stopping:
             log.info("gateway process exited", extra={"pid": pid, "index": index, "exit_code": code})
@@ -138,7 +138,7 @@ def _bind(host: str, port: int, count: int) -> list[socket.socket]:
     return sockets
 
 
-def _child(serve: Callable[..., Awaitable[None]], settings: Settings, sock: socket.socket,
+def _child(serve: Callable[..., Coroutine[Any, Any, None]], settings: Settings, sock: socket.socket,
            sockets: list[socket.socket], index: int) -> int:
     """In a forked process: serve on ``sock`` until SIGTERM; the exit status."""
     try:

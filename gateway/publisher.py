@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import uuid
+from typing import Any
 
 from runtime.amqp import BrokerSession
 from runtime.messages import publish_confirmed
@@ -17,7 +18,7 @@ class PublishFailed(Exception):
 
 
 async def publish_callback(
-    broker: BrokerSession, body: bytes, content_type: str, timeout: float
+    broker: BrokerSession[Any], body: bytes, content_type: str, timeout: float
 ) -> str:
     """Publish ``body`` exactly as received; return its message id once confirmed."""
     message_id = str(uuid.uuid4())

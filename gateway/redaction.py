@@ -7,6 +7,13 @@ an exception raised in a handler may carry the URL in its message, and so on.
 Rather than chase each of those, the gateway wraps the formatter of every root
 handler: whatever a record turns into (message, extras, traceback), the text
 written passes through ``redact`` last.
+
+Text quoted from a request is not always the path as we would spell it: every
+character may be percent-encoded (once, or twice: ``%2566``), and aiohttp cuts
+what it quotes at 100 bytes, so a token can end a line half-written. Hence the
+prefix is matched in any of those spellings, and a configured token is found by
+any 8 consecutive characters of it, in any spelling, and redacted from there to
+the end of the token-like run.
 """
 
 from __future__ import annotations
@@ -17,30 +24,34 @@ import re
 from collections.abc import Iterable, Iterator
 
 from gateway.routes import CALLBACK_PATH
-from runtime.redaction import REDACTED, SecretsRedactor
+from runtime.redaction import REDACTED, TokensRedactor, any_spelling
 
 __all__ = ["REDACTED", "RedactingFormatter", "Redactor", "redact_path", "redacted_logs"]
 
 # Whatever follows the callback prefix, up to a character that ends a path in
 # the places it gets written: whitespace, quotes (reprs, JSON), query, fragment.
 # Escapes (JSON's \u00e9, a bytes repr's \xff) are swallowed with it.
-_TOKEN_IN_PATH = re.compile(
-    re.escape(CALLBACK_PATH) + r"/(?:[^\s\"'<>?#\\]|\\u[0-9a-fA-F]{4}|\\x[0-9a-fA-F]{2})+"
-)
+_SEGMENT = r"(?:[^\s\"'<>?#\\]|\\u[0-9a-fA-F]{4}|\\x[0-9a-fA-F]{2})+"
+_TOKEN_IN_PATH = re.compile(re.escape(CALLBACK_PATH + "/") + _SEGMENT)
+_TOKEN_IN_ENCODED_PATH = re.compile(any_spelling(CALLBACK_PATH + "/") + _SEGMENT)
 
 
 def redact_path(path: str) -> str:
-    """``/flowscribe/callback/<anything>`` -> ``/flowscribe/callback/<redacted>``."""
-    return _TOKEN_IN_PATH.sub(f"{CALLBACK_PATH}/{REDACTED}", path)
+    """``/flowscribe/callback/<anything>`` -> ``/flowscribe/callback/<redacted>``, the prefix in any spelling."""
+    path = _TOKEN_IN_PATH.sub(f"{CALLBACK_PATH}/{REDACTED}", path)
+    if "%" in path:
+        path = _TOKEN_IN_ENCODED_PATH.sub(f"{CALLBACK_PATH}/{REDACTED}", path)
+    return path
 
 
 class Redactor:
-    """Removes the callback path's last segment and every configured token from text."""
+    """Removes the callback path's last segment and every configured token, or any 8
+    characters of one, from text, however percent-encoded."""
 
     def __init__(self, tokens: Iterable[str]) -> None:
-        # Configured tokens wherever they appear: a URL whose prefix was
-        # percent-encoded, an exception that quotes match_info, ...
-        self._tokens = SecretsRedactor(tokens)
+        # Configured tokens wherever they appear: a URL whose prefix was encoded,
+        # a line cut short, an exception that quotes match_info, ...
+        self._tokens = TokensRedactor(tokens)
 
     def __call__(self, text: str) -> str:
         return self._tokens(redact_path(text))
@@ -70,4 +81,4 @@ def redacted_logs(tokens: Iterable[str], logger: logging.Logger | None = None) -
         yield
     finally:
         for handler, formatter in wrapped:
-            handler.setFormatter(formatter)  # type: ignore[arg-type]
+            handler.setFormatter(formatter)

@@ -10,12 +10,13 @@ from typing import Any
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
+from gateway.app import CONTENT_TYPE, MESSAGE_ID, create_app
+from gateway.protocol_errors import ServerLog
+from gateway.redaction import redact_path, redacted_logs
+from gateway.routes import HEALTH_PATH, METRICS_PATH, READY_PATH
 from runtime.lifecycle import stop_on_signals
 from runtime.serving import listening
 from runtime.settings import Settings, SettingsError
-from gateway.app import CONTENT_TYPE, MESSAGE_ID, create_app
-from gateway.redaction import redact_path, redacted_logs
-from gateway.routes import HEALTH_PATH, METRICS_PATH, READY_PATH
 
 __all__ = ["AccessLog", "check_startable", "redact_path", "serve", "server_options", "warn_about_settings"]
 
@@ -52,6 +53,8 @@ def server_options(settings: Settings) -> dict[str, Any]:
     return {
         "access_log_class": AccessLog,
         "access_log": logging.getLogger("gateway.access"),
+        # aiohttp's errors about requests it cannot parse: one warning each, none of the request's bytes.
+        "logger": ServerLog(logging.getLogger("aiohttp.server")),
         # aiohttp arms its keep-alive timer when a connection opens and re-arms it
         # after each response, but not on partial input: a request head trickled
         # byte by byte (slow loris) is cut off when it expires, like an idle one.

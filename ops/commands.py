@@ -18,12 +18,12 @@ import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from ops.errors import OpsError, UsageError
+from ops.selection import Selector, normalise_id, parse_when
 from runtime import logs
 from runtime.handlers import lazy
 from runtime.settings import Settings
 from store.outcomes import RECORDED
-from ops.errors import OpsError, UsageError
-from ops.selection import Selector, normalise_id, parse_when
 
 if TYPE_CHECKING:
     from ops.render import Console
@@ -72,7 +72,7 @@ def _command(parser: argparse.ArgumentParser, handler: str, *, changes: bool) ->
     parser.set_defaults(run=lazy("ops.commands:main"), ops_command=lazy(handler), changes_queue=changes)
 
 
-def add_parsers(sub: argparse._SubParsersAction) -> None:
+def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``dlq`` and ``reprocess`` to the subcommands of ``flowscribe-ingest``."""
     dlq = sub.add_parser(
         "dlq", help="inspect, replay, purge, export and import dead letters",

@@ -15,12 +15,12 @@ import aio_pika
 import asyncpg
 from aio_pika.abc import AbstractChannel, AbstractConnection
 
+from ops.errors import OpsError
 from runtime.amqp import connect_any
+from runtime.errors import describe
 from runtime.settings import Settings
 from runtime.urls import redact_urls
-from ops.errors import OpsError
 from schemas.topology import Topology, declare
-from runtime.errors import describe
 
 CONNECT_TIMEOUT = 10.0
 

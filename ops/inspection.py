@@ -5,15 +5,16 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+from typing import Any
 
-from runtime.settings import Settings
 from ops import connect
 from ops.dead_letters import DeadLetterQueue
-from ops.letters import DeadLetter
-from ops.redecode import recheck
 from ops.errors import OpsError
+from ops.letters import DeadLetter
 from ops.messages import encode_value, to_record
+from ops.redecode import recheck
 from ops.render import Console, json_line, pretty_body, shorten, size, table, when
+from runtime.settings import Settings
 from schemas.topology import DEAD_LETTER_QUEUE
 
 LIST_COLUMNS = [
@@ -48,7 +49,7 @@ async def list_command(settings: Settings, args: argparse.Namespace, console: Co
     return 0
 
 
-def table_row(row: dict) -> dict:
+def table_row(row: dict[str, Any]) -> dict[str, Any]:
     return {
         **row,
         "dead_lettered_at": when(row["dead_lettered_at"]),

@@ -87,11 +87,11 @@ def _attempts(headers: dict[str, Any], death: dict[str, Any] | None) -> int | No
     value = headers.get(topology.HEADER_ATTEMPTS)
     if isinstance(value, int) and not isinstance(value, bool):
         return value
-    if death is not None and isinstance(death.get("count"), int):
+    if death is not None and isinstance(count := death.get("count"), int):
         if death.get("reason") == "delivery_limit" and death.get("queue") == topology.CALLBACK_QUEUE:
             # Each time it took every delivery the callbacks queue allows, plus the one over.
-            return death["count"] * (topology.DELIVERY_LIMIT + 1)
-        return death["count"]
+            return count * (topology.DELIVERY_LIMIT + 1)
+        return count
     # Dead-lettered by a worker without a retry count: decode, validation and
     # data errors are dead-lettered at their first attempt.
     return 1 if topology.HEADER_ERROR in headers else None

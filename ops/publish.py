@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+
 class Pacer:
     """Spaces actions at most ``rate`` per second (``None``: as fast as confirms come back).
 

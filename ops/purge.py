@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import argparse
 
-from runtime.settings import Settings
 from ops import connect
 from ops.dead_letters import DeadLetterQueue
-from ops.letters import DeadLetter
 from ops.errors import OpsError
 from ops.inspection import LIST_COLUMNS, table_row
+from ops.letters import DeadLetter
 from ops.render import Console, confirm, table
+from runtime.settings import Settings
 
 
 async def purge_command(settings: Settings, args: argparse.Namespace, console: Console) -> int:

@@ -114,7 +114,8 @@ def redactor(callback_url: str, api_key: str | None) -> SecretsRedactor:
     token = urllib.parse.urlsplit(callback_url).path.rstrip("/").rpartition("/")[2]
     secrets = {s for s in (token, api_key) if s}
     # Raw, percent-encoded (as in the query we sent) and path-decoded forms alike.
-    return SecretsRedactor(form for s in secrets for form in (s, urllib.parse.quote(s, safe=""), urllib.parse.unquote(s)))
+    forms = (form for s in secrets for form in (s, urllib.parse.quote(s, safe=""), urllib.parse.unquote(s)))
+    return SecretsRedactor(forms)
 
 
 async def post_with_retries(
@@ -225,7 +226,7 @@ async def register(
     return 0
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     description = (
         "Register the callback URL with Flowscribe (POST api/ConversationAnalysis/InitializeWebHook)."
         " The API key comes from FLOWSCRIBE_API_KEY. Exit status: 0 registered, 1 failed, 2 usage."

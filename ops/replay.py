@@ -20,21 +20,23 @@ from __future__ import annotations
 
 import argparse
 import collections
+from collections.abc import Iterator
+from typing import Any
 
-from runtime.settings import Settings
 from ops import connect, predict
 from ops.dead_letters import DeadLetterQueue
 from ops.letters import DeadLetter
-from ops.redecode import recheck
-from ops.selection import Selector
 from ops.messages import replay_copy
 from ops.publish import Pacer
-from runtime.messages import publish_confirmed
+from ops.redecode import recheck
 from ops.render import Console, Progress, shorten, table
-from schemas import topology
-from schemas.topology import Topology
+from ops.selection import Selector
 from runtime.errors import describe
+from runtime.messages import publish_confirmed
+from runtime.settings import Settings
+from schemas import topology
 from schemas.message import Callback
+from schemas.topology import Topology
 
 
 async def replay_command(settings: Settings, args: argparse.Namespace, console: Console) -> int:
@@ -100,16 +102,16 @@ async def _remove(console: Console, queue: DeadLetterQueue, letter: DeadLetter) 
 
 
 async def _dry_run(settings: Settings, selector: Selector, console: Console, *, force: bool) -> int:
-    chosen: list[tuple[dict, Callback | None, str | None]] = []
+    chosen: list[tuple[dict[str, Any], Callback | None, str | None]] = []
     async with connect.broker(settings) as (connection, _channel, _declared):
         async with DeadLetterQueue(connection) as queue:
             async for letter in queue.select(selector):
                 callback, error = recheck(letter.message)
-                row = {"position": letter.position, "message_id": letter.message_id,
+                row: dict[str, Any] = {"position": letter.position, "message_id": letter.message_id,
                        "reason": shorten(letter.reason, 50)}
                 chosen.append((row, callback, error))
     decodable = [callback for _, callback, _ in chosen if callback is not None]
-    effects = iter([])
+    effects: Iterator[str] = iter([])
     if decodable:
         async with connect.database(settings) as conn:
             effects = iter(await predict.predict(conn, decodable))

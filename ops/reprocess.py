@@ -7,8 +7,8 @@ message id, receive time, content type and body, plus ``x-flowscribe-reprocess:
 differences (see ``store.batch``): its ledger row is updated, never doubled,
 and it rewrites its analysis when it *is* the stored version. An older
 version is ``superseded`` (also one that was ``ingested`` before a newer one
-came), a ``duplicate`` stays one, a ``job_failed`` re-evaluates its job. Callbacks that never landed are not in the archive:
-they are in the dead-letter queue (``dlq replay``).
+came), a ``duplicate`` stays one, a ``job_failed`` re-evaluates its job. Callbacks
+that never landed are not in the archive: they are in the dead-letter queue (``dlq replay``).
 
 A body that no longer decodes with this version's decoder is not published
 (the worker would only dead-letter it) and is reported as failed.
@@ -22,20 +22,21 @@ import collections
 import datetime
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aio_pika
 import asyncpg
 
-from runtime.settings import Settings
 from ops import connect, predict
 from ops.errors import OpsError
 from ops.publish import Pacer
-from runtime.messages import publish_confirmed
 from ops.render import Console, Progress, shorten, table, when
+from runtime.errors import describe
+from runtime.messages import publish_confirmed
+from runtime.settings import Settings
 from schemas import topology
 from schemas.decoding import PayloadDecodeError, decode_payload
 from schemas.message import Callback, callback_message
-from runtime.errors import describe
 
 PAGE = 200
 
@@ -130,7 +131,7 @@ async def reprocess_command(settings: Settings, args: argparse.Namespace, consol
 
 
 async def _dry_run(conn: asyncpg.Connection, args: argparse.Namespace, console: Console) -> int:
-    chosen: list[tuple[dict, Callback | None]] = []
+    chosen: list[tuple[dict[str, Any], Callback | None]] = []
     async for row in _archived(conn, args):
         shown = {"message_id": str(row["id"]), "received_at": when(row["received_at"]),
                  "analysis_id": str(row["analysis_id"] or ""), "outcome": row["outcome"]}

@@ -16,19 +16,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-from runtime.settings import Settings
 from ops import connect
 from ops.dead_letters import DeadLetterQueue
-from ops.letters import DeadLetter
 from ops.errors import OpsError, UsageError
+from ops.letters import DeadLetter
 from ops.messages import from_record, to_record
 from ops.publish import Pacer
-from runtime.messages import publish_confirmed
 from ops.render import Console, Progress
-from schemas import topology
 from runtime.errors import describe
+from runtime.messages import publish_confirmed
+from runtime.settings import Settings
+from schemas import topology
 
 
 async def export_command(settings: Settings, args: argparse.Namespace, console: Console) -> int:
@@ -36,7 +38,7 @@ async def export_command(settings: Settings, args: argparse.Namespace, console: 
     if to_stdout and args.remove:
         raise UsageError("--remove needs a FILE (it removes only what was written and synced to disk)")
     path = Path(args.file)
-    if not to_stdout and path.exists():
+    if not to_stdout and path.exists():  # noqa: ASYNC240 - one stat, before anything runs on this loop
         raise UsageError(f"{path} exists; choose another name (an export never overwrites evidence)")
     partial = path.with_name(path.name + ".partial")
     exported: list[DeadLetter] = []
@@ -106,7 +108,7 @@ async def import_command(settings: Settings, args: argparse.Namespace, console: 
     return 0
 
 
-def _records(path: Path):
+def _records(path: Path) -> Iterator[tuple[int, Any]]:
     with path.open(encoding="utf-8") as f:
         for number, line in enumerate(f, 1):
             if line.strip():

@@ -11,7 +11,7 @@ import importlib
 from typing import Any
 
 
-class lazy:  # noqa: N801 - reads as what it does: set_defaults(run=lazy("ops.commands:main"))
+class lazy:  # lower case: reads as what it does, set_defaults(run=lazy("ops.commands:main"))
     """A callable standing for ``spec``'s function, imported on the first call."""
 
     __slots__ = ("spec",)

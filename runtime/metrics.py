@@ -14,15 +14,15 @@ id: those go to the logs, where one line per callback carries them.
 from __future__ import annotations
 
 import os
-from collections.abc import Awaitable, Callable
 
 import prometheus_client
 from aiohttp import web
+from aiohttp.typedefs import Handler
 from prometheus_client import CollectorRegistry, multiprocess
 
 # Prometheus ignores the `_created` series by default; they would only double
 # what every scrape carries.
-prometheus_client.disable_created_metrics()
+prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped upstream
 
 PREFIX = "flowscribe_"
 
@@ -34,8 +34,6 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 LAG_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 4 * 3600)
 BATCH_SIZE_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-Middleware = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
 
 
 def new_registry() -> CollectorRegistry:
@@ -60,7 +58,7 @@ def shared_across_processes() -> bool:
 
 def _all_processes() -> CollectorRegistry:
     registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry)
+    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]  # untyped upstream
     return registry
 
 

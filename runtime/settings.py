@@ -23,7 +23,7 @@ class SettingsError(ValueError):
     """A setting in the environment has a value we cannot use."""
 
 
-class Secrets(tuple):
+class Secrets(tuple[Any, ...]):
     """Callback tokens: a tuple whose repr never shows them (settings get logged)."""
 
     def __repr__(self) -> str:

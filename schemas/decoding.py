@@ -20,7 +20,7 @@ import datetime
 import re
 import threading
 from operator import attrgetter
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 import msgspec.inspect as mi
@@ -28,11 +28,14 @@ from lxml import etree
 
 from schemas.payload import Payload
 
-__all__ = ["PayloadDecodeError", "decode_payload", "MAX_JSON_DEPTH"]
+__all__ = ["MAX_JSON_DEPTH", "PayloadDecodeError", "decode_payload"]
 
 
 class PayloadDecodeError(Exception):
-    """A body that cannot become a Payload. str(e) is a one-line human reason (includes the path where msgspec gives one)."""
+    """A body that cannot become a Payload.
+
+    str(e) is a one-line human reason (with the path where msgspec gives one).
+    """
 
 
 # Our payload nests 4 levels; anything near msgspec's recursion limit is an
@@ -241,7 +244,7 @@ def _xml_object(elem: Any, plan: dict[str, tuple[int, Any]]) -> dict[str, Any]:
         if kind < _STRUCT:
             text = child.text
             if len(child):
-                value = {}  # markup where text belongs: msgspec reports the type error with its path
+                value: Any = {}  # markup where text belongs: msgspec reports the type error with its path
             elif text is None:  # i:nil elements are empty, so only empty ones need the lookup
                 value = None if _is_nil(child) else ""
             elif kind == _STR:
@@ -385,7 +388,7 @@ def _datetime_keys(struct: mi.StructType) -> set[str]:
     return keys
 
 
-_PAYLOAD_INFO = mi.type_info(Payload)
+_PAYLOAD_INFO = cast(mi.StructType, mi.type_info(Payload))
 _XML_PLAN = _xml_plan(_PAYLOAD_INFO)
 _PLAN = _storable_plan(_PAYLOAD_INFO)
 _DOTNET_DATE = re.compile(

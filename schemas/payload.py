@@ -15,7 +15,8 @@ Options shared by every Struct (set once on ``VendorStruct``):
 - everything else defaults to ``None`` (or an empty list), because the vendor
   sends ``null`` / ``i:nil="true"`` or omits fields it has no value for;
 - ``frozen`` and ``gc=False``: decoded payloads are read-only values holding no
-  reference cycles, which makes decoding cheaper.
+  reference cycles, which makes decoding cheaper. Each subclass says ``frozen=True``
+  again: msgspec inherits it, but type checkers would take the subclass for mutable.
 """
 
 from __future__ import annotations
@@ -26,16 +27,16 @@ import uuid
 import msgspec
 
 __all__ = [
-    "VendorStruct",
+    "ConversationAnalysis",
     "JobStatus",
+    "Payload",
+    "Sentence",
     "SentenceEntity",
     "SentenceIntent",
     "SentenceKeyword",
-    "Sentence",
     "SentenceScoring",
     "SentenceTopic",
-    "ConversationAnalysis",
-    "Payload",
+    "VendorStruct",
 ]
 
 
@@ -43,13 +44,13 @@ class VendorStruct(msgspec.Struct, frozen=True, gc=False):
     """Base of every payload Struct (see the module docstring for the options)."""
 
 
-class JobStatus(VendorStruct):
+class JobStatus(VendorStruct, frozen=True):
     JobID: uuid.UUID
     Success: bool | None = None
     ErrorMsg: str | None = None
 
 
-class SentenceEntity(VendorStruct):
+class SentenceEntity(VendorStruct, frozen=True):
     ID: uuid.UUID
     DictationID: uuid.UUID | None = None
     SentenceID: uuid.UUID | None = None
@@ -59,7 +60,7 @@ class SentenceEntity(VendorStruct):
     IsAgent: bool | None = None
 
 
-class SentenceIntent(VendorStruct):
+class SentenceIntent(VendorStruct, frozen=True):
     ID: uuid.UUID
     DictationID: uuid.UUID | None = None
     SentenceID: uuid.UUID | None = None
@@ -69,7 +70,7 @@ class SentenceIntent(VendorStruct):
     IsAgent: bool | None = None
 
 
-class SentenceKeyword(VendorStruct):
+class SentenceKeyword(VendorStruct, frozen=True):
     ID: uuid.UUID
     DictationID: uuid.UUID | None = None
     SentenceID: uuid.UUID | None = None
@@ -79,7 +80,7 @@ class SentenceKeyword(VendorStruct):
     IsAgent: bool | None = None
 
 
-class Sentence(VendorStruct):
+class Sentence(VendorStruct, frozen=True):
     ID: uuid.UUID
     AudioConversationID: uuid.UUID | None = None
     Sentence: str | None = None
@@ -90,7 +91,7 @@ class Sentence(VendorStruct):
     ExtraInfo: str | None = None
 
 
-class SentenceScoring(VendorStruct):
+class SentenceScoring(VendorStruct, frozen=True):
     ID: uuid.UUID
     DictationID: uuid.UUID | None = None
     SentenceID: uuid.UUID | None = None
@@ -128,7 +129,7 @@ class SentenceScoring(VendorStruct):
     SentimentScore: float | None = None
 
 
-class SentenceTopic(VendorStruct):
+class SentenceTopic(VendorStruct, frozen=True):
     ID: uuid.UUID
     DictationID: uuid.UUID | None = None
     SentenceID: uuid.UUID | None = None
@@ -143,7 +144,7 @@ class SentenceTopic(VendorStruct):
     EndSeconds: float | None = None
 
 
-class ConversationAnalysis(VendorStruct):
+class ConversationAnalysis(VendorStruct, frozen=True):
     ID: uuid.UUID
     ConversationSentenceEntities: list[SentenceEntity] | None = None
     ConversationSentenceIntents: list[SentenceIntent] | None = None
@@ -156,7 +157,7 @@ class ConversationAnalysis(VendorStruct):
     DateCreated: datetime.datetime | None = None
 
 
-class Payload(VendorStruct):
+class Payload(VendorStruct, frozen=True):
     """One callback: ``PayLoadSample`` on the vendor's page."""
 
     Success: bool | None = None

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 
 import aio_pika
-from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue
+from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue, FieldValue
 
 # Callbacks accepted by the gateway, waiting for a worker.
 CALLBACK_EXCHANGE = "flowscribe.callbacks"
@@ -51,7 +51,7 @@ def retry_delay(attempt: int) -> int:
 # every worker that takes it, so it cannot loop forever.
 DELIVERY_LIMIT = 20
 
-CALLBACK_QUEUE_ARGUMENTS = {
+CALLBACK_QUEUE_ARGUMENTS: dict[str, FieldValue] = {
     # Replicated, every message on disk, and a delivery counter.
     "x-queue-type": "quorum",
     "x-delivery-limit": DELIVERY_LIMIT,
@@ -62,10 +62,10 @@ CALLBACK_QUEUE_ARGUMENTS = {
     "x-dead-letter-strategy": "at-least-once",
     "x-overflow": "reject-publish",
 }
-DEAD_LETTER_QUEUE_ARGUMENTS = {"x-queue-type": "quorum"}
+DEAD_LETTER_QUEUE_ARGUMENTS: dict[str, FieldValue] = {"x-queue-type": "quorum"}
 
 
-def retry_queue_arguments(delay_seconds: int) -> dict[str, object]:
+def retry_queue_arguments(delay_seconds: int) -> dict[str, FieldValue]:
     return {
         "x-queue-type": "quorum",
         "x-message-ttl": delay_seconds * 1000,

@@ -36,10 +36,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import uuid
-
-import asyncpg
+from typing import Any
 
 from schemas.message import Callback
+from store.connection import Connection
 from store.decision import Plan, decide, read_stored
 from store.outcomes import Outcome
 from store.rows import ANALYSIS_COLUMNS, CALLBACK_COLUMNS, CHILD_COLUMNS, SCHEMA, analysis_row, child_rows
@@ -68,7 +68,7 @@ def lock_keys(callbacks: list[Callback]) -> list[int]:
     return sorted(keys)
 
 
-async def write_batch(conn: asyncpg.Connection, callbacks: list[Callback]) -> BatchResult:
+async def write_batch(conn: Connection, callbacks: list[Callback]) -> BatchResult:
     """Decide and write ``callbacks`` in one transaction; nothing is written if it raises."""
     async with conn.transaction():
         # pg_current_xact_id() gives the transaction an id even when it writes
@@ -86,7 +86,7 @@ async def write_batch(conn: asyncpg.Connection, callbacks: list[Callback]) -> Ba
     return BatchResult(plan.outcomes, rows)
 
 
-async def _copy(conn: asyncpg.Connection, table: str, columns: list[str], records: list) -> int:
+async def _copy(conn: Connection, table: str, columns: list[str], records: list[tuple[Any, ...]]) -> int:
     if records:
         await conn.copy_records_to_table(
             table, schema_name=SCHEMA, columns=columns, records=records
@@ -94,7 +94,7 @@ async def _copy(conn: asyncpg.Connection, table: str, columns: list[str], record
     return len(records)
 
 
-async def _write(conn: asyncpg.Connection, plan: Plan, stored: set[uuid.UUID]) -> dict[str, int]:
+async def _write(conn: Connection, plan: Plan, stored: set[uuid.UUID]) -> dict[str, int]:
     rows: dict[str, int] = {}
     replaced = [analysis_id for analysis_id in plan.winners if analysis_id in stored]
     if replaced:

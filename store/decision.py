@@ -9,9 +9,8 @@ from __future__ import annotations
 import dataclasses
 import uuid
 
-import asyncpg
-
 from schemas.message import Callback
+from store.connection import Connection
 from store.outcomes import Outcome
 from store.rows import SCHEMA
 
@@ -25,7 +24,7 @@ class Stored:
     versions: dict[uuid.UUID, tuple[object, uuid.UUID]]  # (received_at, callback_id) by analysis id
 
 
-async def read_stored(conn: asyncpg.Connection, callbacks: list[Callback]) -> Stored:
+async def read_stored(conn: Connection, callbacks: list[Callback]) -> Stored:
     outcomes = {
         r[0]: r[1]
         for r in await conn.fetch(

@@ -22,7 +22,7 @@ _MIGRATION_LOCK = 0x466C6F77  # "Flow"
 def migration_files() -> list[tuple[str, str]]:
     """(version, sql) for every migration, in the order they apply."""
     folder = resources.files("store") / "migrations"
-    files = sorted(f for f in folder.iterdir() if f.name.endswith(".sql"))
+    files = sorted((f for f in folder.iterdir() if f.name.endswith(".sql")), key=lambda f: f.name)
     return [(f.name.removesuffix(".sql"), f.read_text(encoding="utf-8")) for f in files]
 
 

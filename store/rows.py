@@ -57,6 +57,6 @@ def child_rows(analysis: ConversationAnalysis, attribute: str) -> list[tuple[obj
     if len({item.ID.int for item in items}) == len(rows):
         return rows
     first: dict[int, tuple[object, ...]] = {}
-    for row, item in zip(rows, items):
+    for row, item in zip(rows, items, strict=True):
         first.setdefault(item.ID.int, row)
     return list(first.values())

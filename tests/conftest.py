@@ -16,6 +16,7 @@ import secrets
 import subprocess
 import urllib.parse
 from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
 
 import aio_pika
 import aiohttp
@@ -23,9 +24,9 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestServer
 
-from runtime.settings import Secrets, Settings
 from gateway.app import create_app
 from gateway.server import server_options
+from runtime.settings import Secrets, Settings
 from schemas import topology
 from store.migrations import migrate
 from tests.support import TOKEN
@@ -68,7 +69,7 @@ async def database_url(run_name: str) -> AsyncIterator[str]:
 
 
 @pytest.fixture(scope="session")
-def amqp_url(run_name: str) -> str:
+def amqp_url(run_name: str) -> Iterator[str]:
     _rabbitmqctl("add_vhost", run_name)
     user = urllib.parse.urlsplit(BASE_AMQP_URL).username or "guest"
     _rabbitmqctl("set_permissions", "-p", run_name, user, ".*", ".*", ".*")
@@ -184,7 +185,7 @@ async def start_worker(settings: Settings) -> AsyncIterator[StartWorker]:
     """Start in-process workers (settings overridable); all are stopped at the end."""
     running: list[RunningWorker] = []
 
-    def start(**overrides: object) -> RunningWorker:
+    def start(**overrides: Any) -> RunningWorker:
         worker = RunningWorker(dataclasses.replace(settings, **overrides))
         running.append(worker)
         return worker

@@ -20,7 +20,7 @@ TOKEN = "test-token-" + secrets.token_urlsafe(16)
 
 
 async def eventually(
-    probe: Callable[[], Awaitable[T]], *, timeout: float = 15.0, what: str = "condition"
+    probe: Callable[[], Awaitable[T | None]], *, timeout: float = 15.0, what: str = "condition"
 ) -> T:
     """Poll ``probe`` until it returns something truthy; fail after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout

@@ -19,14 +19,16 @@ UNIT_TESTS = ROOT / "tests" / "prometheus" / "alerts_test.yaml"
 
 def find_promtool() -> str | None:
     """On PATH, or where scripts/bootstrap puts it: beside this virtualenv's python."""
-    return shutil.which("promtool", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
+    search = [str(Path(sys.executable).parent), os.environ.get("PATH", "")]
+    return shutil.which("promtool", path=os.pathsep.join(search))
 
 
 @pytest.fixture(scope="module")
 def promtool() -> str:
     found = find_promtool()
     if found is None:
-        pytest.skip("promtool not found: scripts/bootstrap takes it from Debian's prometheus package, which this machine could not get")
+        pytest.skip("promtool not found: scripts/bootstrap takes it from Debian's prometheus package,"
+                    " which this machine could not get")
     return found
 
 

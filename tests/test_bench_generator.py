@@ -8,9 +8,9 @@ import uuid
 import pytest
 
 from bench import payloads
-from tests.support import JSON_SAMPLE, XML_SAMPLE
 from schemas.decoding import decode_payload
 from store.rows import child_rows
+from tests.support import JSON_SAMPLE, XML_SAMPLE
 
 SEEDS = (0, 1, 7)
 
@@ -43,6 +43,7 @@ class TestBodies:
         """Nothing is deduplicated away: each item becomes a row (unlike the vendor's sample)."""
         _, data = generated
         analysis = decode_payload(payloads.to_json(data), "application/json").ConversationAnalysisModel
+        assert analysis is not None
         ids = [analysis.ID]
         for attribute in payloads._ITEM_ELEMENT:
             items = getattr(analysis, attribute) or []
@@ -86,4 +87,5 @@ class TestDeterminism:
             assert a.JobStatus.JobID != b.JobStatus.JobID
             assert str(a.ConversationAnalysisModel.ID) != data["ConversationAnalysisModel"]["ID"]
             assert isinstance(a.ConversationAnalysisModel.ID, uuid.UUID)
-            assert a.ConversationAnalysisModel.ConversationSentences == b.ConversationAnalysisModel.ConversationSentences
+            assert (a.ConversationAnalysisModel.ConversationSentences
+                    == b.ConversationAnalysisModel.ConversationSentences)

@@ -14,6 +14,7 @@ import random
 import subprocess
 import sys
 import uuid
+from typing import Any
 
 import aio_pika
 import asyncpg
@@ -147,7 +148,7 @@ class TestBrokerFailover:
                 await session.wait_ready(10)
                 old = session._connection
                 assert old is not None
-                listeners = list(old.close_callbacks)
+                listeners: list[Any] = list(old.close_callbacks)
                 link.reset()
                 await eventually(lambda: _ready_again(session), timeout=10, what="reconnect")
                 new = session._connection

@@ -17,8 +17,8 @@ from flowscribe_ingest.cli import COMMANDS
 from runtime.settings import Settings
 from schemas import topology
 from schemas.payload import CHILD_TABLES
-from tests.support import JSON_SAMPLE, TOKEN, CliProcess, eventually, service_env
 from store.rows import ANALYSIS_COLUMNS, CALLBACK_COLUMNS, CHILD_COLUMNS
+from tests.support import JSON_SAMPLE, TOKEN, CliProcess, eventually, service_env
 
 ROOT = Path(__file__).parent.parent
 
@@ -201,7 +201,8 @@ class TestGatewayProcesses:
             assert await asyncio.wait_for(gateway.process.wait(), 30) == 1
         finally:
             await gateway.stop()
-        died = [e for e in gateway.events() if e.get("event") == "gateway process exited unexpectedly; stopping the others"]
+        unexpected = "gateway process exited unexpectedly; stopping the others"
+        died = [e for e in gateway.events() if e.get("event") == unexpected]
         assert [(e["pid"], e["exit_code"]) for e in died] == [(pids[0], -signal.SIGKILL)]
         others = [e for e in gateway.events() if e.get("event") == "gateway process exited"]
         assert [(e["pid"], e["exit_code"]) for e in others] == [(pids[1], 0)]

@@ -19,8 +19,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from schemas.payload import Payload, SentenceScoring
 from schemas.decoding import MAX_JSON_DEPTH, PayloadDecodeError, decode_payload
+from schemas.payload import Payload, SentenceScoring
 
 SAMPLES = Path(__file__).parents[1] / "schemas" / "samples"  # the vendor's own, shipped with the contract
 JSON_SAMPLE = (SAMPLES / "vendor-sample.json").read_bytes()
@@ -106,7 +106,7 @@ class TestSamples:
         assert (payload.JobStatus.Success, payload.JobStatus.ErrorMsg) == (True, "sample string 3")
         analysis = payload.ConversationAnalysisModel
         assert analysis is not None
-        assert analysis.ID == uuid.UUID(ANALYSIS_ID)
+        assert uuid.UUID(ANALYSIS_ID) == analysis.ID
         assert (analysis.ConversationText, analysis.LanguageCode) == ("sample string 2", "sample string 3")
         assert analysis.DateCreated == SAMPLE_TIME
         for items in (
@@ -116,14 +116,14 @@ class TestSamples:
         ):
             assert items is not None and len(items) == 2 and items[0] == items[1]
         entity = analysis.ConversationSentenceEntities[0]
-        assert entity.ID == uuid.UUID("2667302b-dcd3-423e-be74-27230de01f4b")
+        assert uuid.UUID("2667302b-dcd3-423e-be74-27230de01f4b") == entity.ID
         assert (entity.EntityName, entity.Confidence, entity.SpeakerLabel, entity.IsAgent) == (
             "sample string 4", 5.1, "sample string 6", True,
         )
         assert analysis.ConversationSentenceIntents[0].Intent == "sample string 4"
         assert analysis.ConversationSentenceKeywords[0].SentenceID == uuid.UUID("9692eb3b-d231-480f-9d2c-a1a6cd939f07")
         sentence = analysis.ConversationSentences[0]
-        assert sentence.ID == uuid.UUID(SENTENCE_ID)
+        assert uuid.UUID(SENTENCE_ID) == sentence.ID
         assert sentence.AudioConversationID == uuid.UUID("7a7c858d-0c3f-4584-9de7-92c770589e8c")
         assert (sentence.Sentence, sentence.SpeakerLabel, sentence.ExtraInfo) == (
             "sample string 3", "sample string 4", "sample string 8",
@@ -514,7 +514,7 @@ class TestXmlHostile:
         def decode() -> None:
             try:
                 decode_payload(utf16(doc.format(fifo=fifo)), XML)
-            except BaseException as e:  # reported to the test thread
+            except BaseException as e:  # noqa: BLE001 - reported to the test thread
                 outcome.append(e)
 
         thread = threading.Thread(target=decode, daemon=True)
@@ -573,7 +573,7 @@ class TestXmlHostile:
 
     def test_deep_but_allowed_unknown_element_is_skipped(self) -> None:
         body = xml_body("<d2p1:X>" * 200 + "</d2p1:X>" * 200)
-        assert decode_payload(body, XML).ConversationAnalysisModel.ID == uuid.UUID(ANALYSIS_ID)
+        assert uuid.UUID(ANALYSIS_ID) == decode_payload(body, XML).ConversationAnalysisModel.ID
 
     @pytest.mark.parametrize("body", [
         XML_SAMPLE.replace(b"sample string 2", b"sample \xff string"),

@@ -13,19 +13,19 @@ import sys
 import tomllib
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
 from flowscribe_ingest.cli import COMMANDS, build_parser
-from worker.metrics import WorkerMetrics
-from runtime.settings import Settings
 from gateway.app import create_app as create_gateway_app
+from runtime.settings import Settings
 from schemas import topology
 from tests.support import JSON_SAMPLE, eventually
 from tests.test_observability import POISON, scrape, value, worker_http_port
 from tests.test_pipeline import post
 from worker import http as worker_http
+from worker.metrics import WorkerMetrics
 
 ROOT = Path(__file__).parent.parent
 DEPLOY = ROOT / "deploy"
@@ -120,7 +120,8 @@ class TestDashboardAndAlerts:
         assert 'rabbitmq_queue_messages{queue="flowscribe.dead-letter"}' in used
         assert "flowscribe_end_to_end_lag_seconds_bucket" in used
         assert 'rabbitmq_queue_consumers{queue="flowscribe.callbacks"}' in used
-        assert topology.DEAD_LETTER_QUEUE == "flowscribe.dead-letter" and topology.CALLBACK_QUEUE == "flowscribe.callbacks"
+        assert topology.DEAD_LETTER_QUEUE == "flowscribe.dead-letter"
+        assert topology.CALLBACK_QUEUE == "flowscribe.callbacks"
 
     def test_dashboard_is_well_formed(self):
         board = dashboard()
@@ -169,7 +170,7 @@ class TestDashboardAndAlerts:
 class TestKubernetesManifests:
     """deploy/k8s: known kinds, real subcommands, probes on real endpoints and ports, real settings."""
 
-    KINDS = {
+    KINDS: ClassVar[dict[str, str]] = {
         "Deployment": "apps/v1", "Service": "v1", "Job": "batch/v1", "ConfigMap": "v1",
         "ScaledObject": "keda.sh/v1alpha1", "TriggerAuthentication": "keda.sh/v1alpha1",
         "Kustomization": "kustomize.config.k8s.io/v1beta1",
@@ -295,11 +296,11 @@ class TestHorizontalScaling:
         lines: list[list[dict[str, Any]]] = [[] for _ in workers]
 
         async def collect(process: asyncio.subprocess.Process, into: list[dict[str, Any]]) -> None:
-            async for line in process.stderr:  # type: ignore[union-attr]
+            async for line in process.stderr:
                 if line.startswith(b"{"):  # a log line (anything else, e.g. a warning, is not ours to parse)
                     into.append(json.loads(line))
 
-        readers = [asyncio.create_task(collect(p, into)) for p, into in zip(workers, lines)]
+        readers = [asyncio.create_task(collect(p, into)) for p, into in zip(workers, lines, strict=True)]
         try:
             async def ports() -> list[int] | None:
                 found = [[e["port"] for e in into if e["event"] == "worker http listening"] for into in lines]
@@ -322,7 +323,7 @@ class TestHorizontalScaling:
                 return await db.fetchval("SELECT count(*) FROM flowscribe.callbacks") == 300
 
             await eventually(all_stored, timeout=60, what="all 300 callbacks stored")
-            shares = []
+            shares: list[dict[str, Any]] = []
             for port in worker_ports:
                 samples = await scrape(http, f"http://127.0.0.1:{port}/metrics")
                 shares.append({o: value(samples, "flowscribe_messages_consumed_total", outcome=o)

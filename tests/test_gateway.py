@@ -11,11 +11,11 @@ import aio_pika
 import pytest
 from aiohttp.test_utils import TestServer
 
-from runtime.settings import Settings
 from gateway.app import create_app, token_is_valid
 from gateway.server import redact_path
+from runtime.settings import Settings
 from schemas import topology
-from tests.support import TOKEN, JSON_SAMPLE, XML_SAMPLE, TcpProxy, eventually
+from tests.support import JSON_SAMPLE, TOKEN, XML_SAMPLE, TcpProxy, eventually
 
 
 def url(server: TestServer, token: str = TOKEN) -> str:
@@ -57,7 +57,9 @@ class TestAuthentication:
 class TestTransportLimits:
     """Content type, emptiness and size are checked before anything is published."""
 
-    @pytest.mark.parametrize("content_type", ["text/plain", "application/octet-stream", "application/x-www-form-urlencoded"])
+    @pytest.mark.parametrize(
+        "content_type", ["text/plain", "application/octet-stream", "application/x-www-form-urlencoded"]
+    )
     async def test_unsupported_type_is_415(self, gateway, http, broker, content_type):
         async with http.post(url(gateway), data=JSON_SAMPLE, headers={"Content-Type": content_type}) as r:
             assert r.status == 415

@@ -31,9 +31,9 @@ from hypothesis import strategies as st
 from lxml import etree
 
 from schemas import topology
+from schemas.decoding import PayloadDecodeError, decode_payload
 from schemas.payload import Payload
 from tests.support import JSON_SAMPLE, TOKEN, XML_SAMPLE, eventually
-from schemas.decoding import PayloadDecodeError, decode_payload
 
 # Seconds any single decode may take: a guard against hangs and blow-ups, not a benchmark.
 FAST = 2.0
@@ -145,7 +145,7 @@ async def post(http, gateway, body: bytes, content_type: str) -> str:
         return (await r.json())["id"]
 
 
-async def dead_letters_by_id(broker: aio_pika.abc.AbstractChannel, expected: int) -> dict[str, Any] | None:
+async def dead_letters_by_id(broker: aio_pika.abc.AbstractChannel, expected: int) -> dict[str | None, Any] | None:
     """All dead letters (consumed) once there are ``expected`` of them, by message id."""
     queue = await broker.declare_queue(topology.DEAD_LETTER_QUEUE, passive=True)
     if queue.declaration_result.message_count < expected:
@@ -229,7 +229,7 @@ def json_attacks() -> dict[str, tuple[bytes, str]]:
 
 
 class TestJsonAttacksEndToEnd:
-    """Posted to the gateway, each hostile JSON body is stored as a well-defined value or dead-lettered with a reason."""
+    """Each hostile JSON body posted to the gateway is stored as a well-defined value or dead-lettered with a reason."""
 
     async def test_stored_or_dead_lettered(self, gateway, http, broker, db, start_worker):
         attacks = json_attacks()
@@ -269,7 +269,8 @@ class TestDatetimesPostgresCannotStore:
 
     @pytest.mark.parametrize("text", OUT_OF_RANGE_INSTANTS)
     def test_refused_by_the_decoder(self, text):
-        with pytest.raises(PayloadDecodeError, match="out of range in UTC - at `\\$.ConversationAnalysisModel.DateCreated`"):
+        where = r"`\$\.ConversationAnalysisModel\.DateCreated`"
+        with pytest.raises(PayloadDecodeError, match=rf"out of range in UTC - at {where}"):
             decode_payload(dumps(sample(DateCreated=text)), "application/json")
 
     def test_edge_years_that_fit_are_kept(self):

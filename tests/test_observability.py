@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import io
+import ipaddress
 import json
 import logging
 import secrets
@@ -17,15 +17,15 @@ import pytest
 from aiohttp.test_utils import TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
-from runtime import logs
-from gateway.metrics import GatewayMetrics
-from worker.metrics import OUTCOMES, WorkerMetrics
 from gateway.app import create_app
+from gateway.metrics import GatewayMetrics
 from gateway.publisher import PublishFailed
+from runtime import logs
 from tests.conftest import TABLES
 from tests.support import JSON_SAMPLE, TOKEN, TcpProxy, eventually
 from tests.test_pipeline import callback_url, post
 from worker import http as worker_http
+from worker.metrics import OUTCOMES, WorkerMetrics
 
 POISON = b'{"Success": tru'  # accepted by the gateway (it never parses), dead-lettered by the worker
 
@@ -60,13 +60,13 @@ async def worker_http_port(caplog: pytest.LogCaptureFixture) -> int:
     """The port the (last started) in-process worker logged as `worker http listening`."""
 
     async def logged() -> int | None:
-        ports = [r.port for r in caplog.records if r.getMessage() == "worker http listening"]
+        ports = [r.__dict__["port"] for r in caplog.records if r.getMessage() == "worker http listening"]
         return ports[-1] if ports else None
 
     return await eventually(logged, what="the worker's HTTP port in its log")
 
 
-def consumed(samples: Samples) -> dict[str, float]:
+def consumed(samples: Samples) -> dict[str, float | None]:
     return {o: value(samples, "flowscribe_messages_consumed_total", outcome=o) for o in OUTCOMES}
 
 
@@ -132,7 +132,7 @@ class TestWorkerMetrics:
 
         async def all_three_done() -> Samples | None:
             samples = await scrape(http, url)
-            return samples if sum(consumed(samples).values()) == 3 else None
+            return samples if sum(n or 0 for n in consumed(samples).values()) == 3 else None
 
         samples = await eventually(all_three_done, what="the worker to finish the three messages")
         assert consumed(samples) == {
@@ -259,7 +259,7 @@ class TestLogLines:
             await eventually(finished, what="both good callbacks stored")
             stopped = await worker.stop()
         finally:
-            for logger, level in zip(loggers, levels):
+            for logger, level in zip(loggers, levels, strict=True):
                 logger.removeHandler(handler)
                 logger.setLevel(level)
         assert stopped.outcomes["dead_lettered"] == 1

@@ -7,6 +7,7 @@ import asyncio
 import dataclasses
 import datetime
 import decimal
+import functools
 import hashlib
 import io
 import json
@@ -24,13 +25,13 @@ from ops import dead_letters
 from ops.commands import execute
 from ops.render import Console
 from schemas import topology
-from tests.support import XML_SAMPLE, eventually
-from tests.test_pipeline import T0, publish_as_gateway, versioned
 from schemas.decoding import decode_payload
 from schemas.message import Callback
 from store.batch import write_batch
 from store.decision import Stored, decide
 from store.outcomes import Outcome
+from tests.support import XML_SAMPLE, eventually
+from tests.test_pipeline import T0, publish_as_gateway, versioned
 
 BROKEN_JSON = b'{"Success": tru'
 FAILED_JOB = json.dumps({
@@ -50,10 +51,10 @@ class Run:
 
 async def ops(settings, *argv: str, interactive: bool = False, answer: str = "") -> Run:
     """Run `flowscribe-ingest ARGV...` in-process, through the real parser."""
-    console = Console(io.StringIO(), io.StringIO(), io.BytesIO(), interactive=interactive, live=False,
-                      read_answer=lambda: answer)
+    out, err, raw = io.StringIO(), io.StringIO(), io.BytesIO()
+    console = Console(out, err, raw, interactive=interactive, live=False, read_answer=lambda: answer)
     code = await execute(settings, build_parser().parse_args(list(argv)), console)
-    return Run(code, console.out.getvalue(), console.err.getvalue(), console.raw.getvalue())
+    return Run(code, out.getvalue(), err.getvalue(), raw.getvalue())
 
 
 def letter(
@@ -81,6 +82,7 @@ def letter(
 async def put(broker, message: aio_pika.Message) -> str:
     exchange = await broker.get_exchange(topology.DEAD_LETTER_EXCHANGE)
     await exchange.publish(message, routing_key=topology.DEAD_LETTER_ROUTING_KEY)  # confirmed
+    assert message.message_id is not None
     return message.message_id
 
 
@@ -272,7 +274,7 @@ class TestReplay:
         assert copy.message_id == message_id and copy.body == body
         assert copy.headers[topology.HEADER_RECEIVED_AT] == T0.isoformat()
         assert copy.headers[topology.HEADER_REPLAYS] == 1
-        assert not any(k.startswith("x-flowscribe-error") or k.startswith("x-flowscribe-dead-lettered")
+        assert not any(k.startswith(("x-flowscribe-error", "x-flowscribe-dead-lettered"))
                        for k in copy.headers)
         assert copy.delivery_mode == aio_pika.DeliveryMode.PERSISTENT
 
@@ -381,8 +383,10 @@ class TestReplay:
                 env=env(settings), stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
             )
             try:
-                await eventually(lambda: _depth_at_least(broker, topology.CALLBACK_QUEUE, killed_after),
-                                 timeout=30, what=f"{killed_after} messages replayed")
+                await eventually(
+                    functools.partial(_depth_at_least, broker, topology.CALLBACK_QUEUE, killed_after),
+                    timeout=30, what=f"{killed_after} messages replayed",
+                )
             finally:
                 process.send_signal(signal.SIGKILL)
                 await process.wait()
@@ -394,7 +398,7 @@ class TestReplay:
             sys.executable, "-m", "flowscribe_ingest.cli", "dlq", "replay", "--all", env=env(settings),
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         )
-        out, err = await asyncio.wait_for(finish.communicate(), 60)
+        _, err = await asyncio.wait_for(finish.communicate(), 60)
         assert finish.returncode == 0, err.decode()
         assert await depth(broker, topology.DEAD_LETTER_QUEUE) == 0
         queued = await depth(broker, topology.CALLBACK_QUEUE)
@@ -541,7 +545,7 @@ class TestReprocessDecision:
                         hashlib.sha256(body).hexdigest(), body, decode_payload(body, "application/json"), reprocess)
 
     def _stored(self, *entries: tuple[Callback, str], version: Callback | None = None) -> Stored:
-        versions = {version.analysis.ID: version.version} if version else {}
+        versions: dict[uuid.UUID, tuple[object, uuid.UUID]] = {version.analysis.ID: version.version} if version else {}
         return Stored({cb.id: outcome for cb, outcome in entries}, {cb.body_sha256 for cb, _ in entries}, versions)
 
     def test_the_stored_version_is_rewritten_in_place(self):
@@ -588,7 +592,8 @@ def _records(path) -> list[dict]:
 
 
 async def _ledger(db: asyncpg.Pool) -> dict[str, tuple[str, datetime.datetime]]:
-    return {r[0]: (r[1], r[2]) for r in await db.fetch("SELECT id::text, outcome, processed_at FROM flowscribe.callbacks")}
+    rows = await db.fetch("SELECT id::text, outcome, processed_at FROM flowscribe.callbacks")
+    return {r[0]: (r[1], r[2]) for r in rows}
 
 
 async def _reprocessed(db: asyncpg.Pool, before: dict, ids: set[str]) -> bool:

@@ -6,6 +6,7 @@ import datetime
 import hashlib
 import json
 import uuid
+from typing import Any
 
 import aio_pika
 import asyncpg
@@ -13,7 +14,7 @@ import pytest
 
 from schemas import topology
 from schemas.naming import snake_case
-from tests.support import TOKEN, JSON_SAMPLE, XML_SAMPLE, eventually
+from tests.support import JSON_SAMPLE, TOKEN, XML_SAMPLE, eventually
 
 CHILD_LISTS = {
     "ConversationSentences": "sentences",
@@ -39,7 +40,7 @@ async def outcome_of(db: asyncpg.Pool, callback_id: str) -> str | None:
     return await db.fetchval("SELECT outcome FROM flowscribe.callbacks WHERE id = $1", uuid.UUID(callback_id))
 
 
-def as_db_value(value: object, column_type: str) -> object:
+def as_db_value(value: Any, column_type: str) -> object:
     """The sample's JSON value as PostgreSQL gives it back."""
     if value is None:
         return None
@@ -230,7 +231,7 @@ class TestExactlyOnce:
 
 async def _all_outcomes(db: asyncpg.Pool, *ids: str) -> list[str] | None:
     outcomes = [await outcome_of(db, i) for i in ids]
-    return outcomes if all(outcomes) else None
+    return [o for o in outcomes if o] if all(outcomes) else None
 
 
 async def _queue_empty(channel: aio_pika.abc.AbstractChannel) -> bool:

@@ -15,6 +15,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from flowscribe_ingest.cli import main as cli_main
+from gateway.app import create_app
 from ops.register import (
     INITIALIZE_PATH,
     RegistrationFailed,
@@ -25,7 +26,6 @@ from ops.register import (
     vendor_sample,
 )
 from runtime.settings import Secrets, Settings
-from gateway.app import create_app
 from schemas import topology
 from tests.support import JSON_SAMPLE, TOKEN, TcpProxy
 
@@ -208,7 +208,7 @@ class TestCheck:
     async def test_refused_check_registers_nothing(self, gateway, broker, flowscribe):
         fake = await flowscribe()
         url = str(gateway.make_url("/flowscribe/callback/not-our-token"))
-        status, out, err = await run(fake, url, check=True)
+        status, _, err = await run(fake, url, check=True)
         assert status == 1
         assert "check: 401" in err
         assert fake.requests == []
@@ -221,7 +221,7 @@ class TestCheck:
             fake = await flowscribe((200, "registered", {}))
             url = str(server.make_url(f"/flowscribe/callback/{TOKEN}"))
             assert (await run(fake, url, check=True))[0] == 1  # unsigned: 401
-            status, out, err = await run(fake, url, check=True, signing_keys=(key,))
+            status, _, err = await run(fake, url, check=True, signing_keys=(key,))
             assert status == 0, err
         finally:
             await server.close()

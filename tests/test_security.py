@@ -14,6 +14,7 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import aio_pika
 import aiohttp
@@ -23,15 +24,15 @@ import yaml
 from aiohttp.test_utils import TestServer
 
 from flowscribe_ingest.cli import main as cli_main
-from runtime.settings import Secrets, Settings, SettingsError
 from gateway.app import OPENAPI_FILE, create_app
 from gateway.limits import InflightBudget, OverBudget, RateLimiter
 from gateway.redaction import Redactor
 from gateway.server import server_options, warn_about_settings
 from gateway.signatures import SignatureError, SignatureVerifier, sign
 from gateway.sources import SourcePolicy, parse_address, rate_key
+from runtime.settings import Secrets, Settings, SettingsError
 from schemas import topology
-from tests.support import CliProcess, service_env, JSON_SAMPLE, TOKEN, XML_SAMPLE, eventually
+from tests.support import JSON_SAMPLE, TOKEN, XML_SAMPLE, CliProcess, eventually, service_env
 
 JSON = {"Content-Type": "application/json"}
 SECRET = "whsec_" + base64.b64encode(b"k" * 32).decode()
@@ -54,7 +55,7 @@ async def make_gateway(settings: Settings) -> AsyncIterator[GatewayFactory]:
     """Start in-process gateways with some settings changed, served as in production; all closed at the end."""
     servers: list[TestServer] = []
 
-    async def make(**changes: object) -> TestServer:
+    async def make(**changes: Any) -> TestServer:
         changed = dataclasses.replace(settings, **changes)
         server = TestServer(create_app(changed))
         await server.start_server(**server_options(changed))
@@ -68,7 +69,7 @@ async def make_gateway(settings: Settings) -> AsyncIterator[GatewayFactory]:
 
 async def queue_depth(channel: aio_pika.abc.AbstractChannel, name: str = topology.CALLBACK_QUEUE) -> int:
     queue = await channel.declare_queue(name, passive=True)
-    return queue.declaration_result.message_count
+    return queue.declaration_result.message_count or 0
 
 
 class RawHttp:
@@ -375,7 +376,8 @@ class TestSignatures:
         body = bytes(range(256)) * 4  # the reference library only signs text
         verifier = SignatureVerifier([key(SECRET)], 300)
         now = int(time.time())
-        headers = {"webhook-id": "m", "webhook-timestamp": str(now), "webhook-signature": sign(key(SECRET), "m", now, body)}
+        signature = sign(key(SECRET), "m", now, body)
+        headers = {"webhook-id": "m", "webhook-timestamp": str(now), "webhook-signature": signature}
         verifier.verify(verifier.check_headers(headers, now), body)
         with pytest.raises(SignatureError):
             verifier.verify(verifier.check_headers(headers, now), body[:-1])
@@ -425,7 +427,8 @@ class TestSourceAddress:
         server = await make_gateway(allowed_networks=nets("10.0.0.0/8"))
         async with http.post(server.make_url(path("wrong")), data=b"x", headers={"Content-Type": "text/plain"}) as r:
             assert r.status == 403
-        async with http.post(server.make_url(path()), data=JSON_SAMPLE, headers={**JSON, "X-Forwarded-For": "10.1.1.1"}) as r:
+        forwarded = {**JSON, "X-Forwarded-For": "10.1.1.1"}
+        async with http.post(server.make_url(path()), data=JSON_SAMPLE, headers=forwarded) as r:
             assert r.status == 403  # the loopback peer is no trusted proxy: its header means nothing
         async with http.get(server.make_url("/healthz")) as r:
             assert r.status == 200  # health checks are not callbacks

@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import signal
 import uuid
+from typing import cast
 
 import aio_pika
 import asyncpg
+from aio_pika.abc import AbstractIncomingMessage
 
 from schemas import topology
+from store.batch import lock_key
 from tests.support import JSON_SAMPLE, XML_SAMPLE, CliProcess, TcpProxy, eventually, service_env
 from tests.test_pipeline import T0, publish_as_gateway, versioned
 from worker.acks import AckWindow
-from store.batch import lock_key
 
 
 async def dead_letters(channel: aio_pika.abc.AbstractChannel) -> list[aio_pika.abc.AbstractIncomingMessage]:
@@ -27,7 +29,7 @@ async def dead_letters(channel: aio_pika.abc.AbstractChannel) -> list[aio_pika.a
 
 async def queue_depth(channel: aio_pika.abc.AbstractChannel, name: str = topology.CALLBACK_QUEUE) -> int:
     queue = await channel.declare_queue(name, passive=True)
-    return queue.declaration_result.message_count
+    return queue.declaration_result.message_count or 0
 
 
 async def stored(db: asyncpg.Pool) -> int:
@@ -318,10 +320,11 @@ class TestAckWindow:
     """One basic.ack(multiple=True) per batch, only when no older delivery is still unsettled."""
 
     @staticmethod
-    def _window(n: int) -> tuple[AckWindow, list[_Delivery], list[tuple[int, bool]]]:
+    def _window(n: int) -> tuple[AckWindow, list[AbstractIncomingMessage], list[tuple[int, bool]]]:
         frames: list[tuple[int, bool]] = []
         window = AckWindow()
-        deliveries = [_Delivery(tag, frames) for tag in range(1, n + 1)]
+        # Stand-ins typed as what they stand in for: AckWindow uses only the tag and ack().
+        deliveries = [cast(AbstractIncomingMessage, _Delivery(tag, frames)) for tag in range(1, n + 1)]
         for d in deliveries:
             window.delivered(d)
         return window, deliveries, frames
@@ -355,7 +358,7 @@ class TestAckWindow:
 
     async def test_a_message_of_another_channel_is_not_owned(self):
         window, d, _ = self._window(2)
-        stranger = _Delivery(1, [])  # same tag, delivered on an earlier channel
+        stranger = cast(AbstractIncomingMessage, _Delivery(1, []))  # same tag, delivered on an earlier channel
         assert window.owns(d[0]) and not window.owns(stranger)
         window.settled(stranger)
         assert window.owns(d[0])

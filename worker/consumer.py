@@ -212,7 +212,7 @@ class Worker:
         """Run a step on a batch; a bug in it returns the batch to the queue instead of killing the worker."""
         try:
             return await step
-        except Exception:  # noqa: BLE001 - the worker outlives any one batch
+        except Exception:
             log.exception("batch failed unexpectedly; its messages go back to the queue",
                           extra={"messages": len(batch)})
             for message in batch:

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import asyncpg
 from aiohttp import web
@@ -39,7 +40,7 @@ DATABASE_PROBE_TIMEOUT = 2.0
 class Readiness:
     """Whether the worker can take work now: broker session ready and database reachable."""
 
-    def __init__(self, broker: BrokerSession[object], pool: asyncpg.Pool) -> None:
+    def __init__(self, broker: BrokerSession[Any], pool: asyncpg.Pool) -> None:
         self._broker = broker
         self._pool = pool
         self._answered_at = float("-inf")

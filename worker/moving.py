@@ -14,7 +14,7 @@ import datetime
 from collections.abc import Mapping
 
 import aio_pika
-from aio_pika.abc import AbstractExchange, AbstractIncomingMessage
+from aio_pika.abc import AbstractExchange, AbstractIncomingMessage, FieldValue
 
 from runtime.messages import publish_confirmed, republishable
 from schemas import topology
@@ -25,7 +25,7 @@ def _now() -> str:
     return datetime.datetime.now(datetime.UTC).isoformat(timespec="microseconds")
 
 
-def copy_of(message: AbstractIncomingMessage, headers: Mapping[str, object]) -> aio_pika.Message:
+def copy_of(message: AbstractIncomingMessage, headers: Mapping[str, FieldValue]) -> aio_pika.Message:
     """The message with its body and properties, plus (or overriding) ``headers``."""
     return republishable(message, {**(message.headers or {}), **headers})
 

@@ -17,6 +17,7 @@ Pass: lost 0, unexpected 0, duplicated 0, and every queue empty.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import random
@@ -41,7 +42,8 @@ ALL_QUEUES = (
 def callback_body(analysis_id: uuid.UUID, *, poison: bool = False) -> bytes:
     """A small, valid callback for one analysis (or, if ``poison``, one that can never decode)."""
     if poison:
-        return json.dumps({"ConversationAnalysisModel": {"ID": str(analysis_id), "ConversationSentences": "poison"}}).encode()
+        analysis = {"ID": str(analysis_id), "ConversationSentences": "poison"}
+        return json.dumps({"ConversationAnalysisModel": analysis}).encode()
     sample = json.loads(JSON_SAMPLE)
     model = sample["ConversationAnalysisModel"]
     model["ID"] = str(analysis_id)
@@ -253,7 +255,7 @@ async def queue_depths(channel: aio_pika.abc.AbstractChannel) -> dict[str, int]:
     depths = {}
     for name in ALL_QUEUES:
         queue = await channel.declare_queue(name, passive=True)
-        depths[name] = queue.declaration_result.message_count
+        depths[name] = queue.declaration_result.message_count or 0
     return depths
 
 
@@ -301,10 +303,8 @@ async def check(
     while (message := await dead.get(fail=False, no_ack=True)) is not None:
         if not (message.headers or {}).get(topology.HEADER_ERROR):
             without_reason += 1
-        try:
+        with contextlib.suppress(ValueError, KeyError, TypeError):
             dead_ids.add(uuid.UUID(json.loads(message.body)["ConversationAnalysisModel"]["ID"]))
-        except (ValueError, KeyError, TypeError):
-            pass
     ok = history.ids("ok")
     sent = set(history.results)
     return Verdict(

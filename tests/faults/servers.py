@@ -356,7 +356,9 @@ class PrivatePostgres(_Timed):
         self.start()
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
     def __repr__(self) -> str:
@@ -401,10 +403,9 @@ class PrivateRabbitMQ(_Timed):
         home = self.root / "home"
         home.mkdir(mode=0o700)
         # One cookie per node, or one shared by the nodes of a private cluster.
-        cookie_file = cookie
-        cookie = home / ".erlang.cookie"
-        cookie.write_text(cookie_file or secrets.token_hex(20).upper())
-        cookie.chmod(0o400)
+        cookie_file = home / ".erlang.cookie"
+        cookie_file.write_text(cookie or secrets.token_hex(20).upper())
+        cookie_file.chmod(0o400)
         (self.root / "log").mkdir()
         (self.root / "conf.d").mkdir()
         (self.root / "enabled_plugins").write_text("[].\n")
@@ -594,7 +595,9 @@ class PrivateRabbitMQ(_Timed):
         self.start()
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
     def __repr__(self) -> str:
@@ -731,7 +734,9 @@ class PrivateRabbitMQCluster:
         self.start()
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
 

@@ -24,8 +24,8 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestServer
 
-from runtime.amqp import connect_any
 from gateway.app import create_app
+from runtime.amqp import connect_any
 from schemas import topology
 from store.migrations import migrate
 from tests.conftest import RunningWorker
@@ -292,8 +292,8 @@ class TestPostgresFailover:
                     for worker in workers:
                         await worker.stop(timeout=60)
                     verdict = await check(history, after, broker, versioned=frozenset(versioned))
-                    texts = dict(await after.fetch(
-                        "SELECT id, conversation_text FROM flowscribe.analyses WHERE id = ANY($1::uuid[])", versioned))
+                    texts = {r["id"]: r["conversation_text"] for r in await after.fetch(
+                        "SELECT id, conversation_text FROM flowscribe.analyses WHERE id = ANY($1::uuid[])", versioned)}
         finally:
             for worker in workers:
                 worker.stop_event.set()

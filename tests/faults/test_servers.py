@@ -16,7 +16,7 @@ from tests.faults.servers import QUORUM_QUEUE_KILL_WINDOW, PrivatePostgres, Priv
 
 pytestmark = pytest.mark.faults
 
-QUORUM = {"x-queue-type": "quorum"}
+QUORUM: dict[str, aio_pika.abc.FieldValue] = {"x-queue-type": "quorum"}
 
 
 async def _publish(url: str, queue_name: str, body: bytes) -> None:
