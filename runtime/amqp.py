@@ -33,6 +33,7 @@ from typing import Any, Generic, TypeVar
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractConnection
+from aio_pika.connection import make_url
 
 from runtime.errors import describe
 from runtime.urls import amqp_urls, redact_url
@@ -93,12 +94,30 @@ async def connect_any(
     error: Exception | None = None
     for url in NodeOrder(amqp_urls(urls), rng).round():
         try:
-            return await aio_pika.connect(connection_url(url, name), timeout=timeout)
+            return await _connect(connection_url(url, name), timeout)
         except Exception as e:  # noqa: BLE001 - refused, DNS, auth, timeout: try the next node
             log.debug("broker connect failed", extra={"url": redact_url(url), "reason": _describe(e)})
             error = e
     assert error is not None
     raise error
+
+
+async def _connect(url: str, timeout: float) -> AbstractConnection:
+    """``aio_pika.connect``, except that a failed attempt's connection is closed here.
+
+    aio-pika leaves it to the connection's ``__del__``, which schedules the close
+    on the running loop; collected on a thread without one (the garbage collector
+    runs wherever it runs) the close coroutine is never awaited, and Python warns.
+    A dead node in the list makes failed attempts the common case.
+    """
+    connection = aio_pika.Connection(make_url(url))
+    try:
+        await connection.connect(timeout=timeout)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            await connection.close()
+        raise
+    return connection
 
 
 def _close_listener(lost: asyncio.Future[BaseException | None]) -> Callable[..., None]:
@@ -186,7 +205,7 @@ class BrokerSession(Generic[Declared]):
             lost: asyncio.Future[BaseException | None] = asyncio.get_running_loop().create_future()
             on_close = _close_listener(lost)
             try:
-                self._connection = await aio_pika.connect(url, timeout=self._connect_timeout)
+                self._connection = await _connect(url, self._connect_timeout)
                 self._connection.close_callbacks.add(on_close)
                 channel = await self._connection.channel(
                     publisher_confirms=True, on_return_raises=True
