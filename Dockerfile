@@ -13,10 +13,12 @@ COPY store ./store
 COPY schemas ./schemas
 COPY ops ./ops
 COPY runtime ./runtime
+COPY console ./console
 RUN pip install --no-cache-dir --no-deps . && useradd --system --uid 10001 flowscribe
 USER flowscribe
 ENV FLOWSCRIBE_LOG_FORMAT=json
-# 8080: the gateway (callbacks, /metrics, /healthz, /readyz); 8081: a worker's /metrics, /healthz, /readyz.
-EXPOSE 8080 8081
+# 8080: the gateway (callbacks, /metrics, /healthz, /readyz); 8081: a worker's /metrics, /healthz, /readyz;
+# 8090: the operator's console (never expose it to the internet: see README, "The console").
+EXPOSE 8080 8081 8090
 ENTRYPOINT ["flowscribe-ingest"]
 CMD ["gateway"]

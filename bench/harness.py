@@ -27,7 +27,7 @@ import subprocess
 import sys
 import time
 import traceback
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -339,8 +339,13 @@ async def phase_gateway(services: Services, cfg: Config, bodies: Bodies, out: Pa
     gateway, gw_port = start_gateway(services, out, "gateway")
     multi, multi_port = start_gateway(services, out, "gateway-processes", gateway_processes=GATEWAY_PROCESSES)
     noop, noop_port = start_gateway(services, out, "gateway-noop-publish", "--noop-publish")
-    servers = (("http_ceiling", noop_port, noop), ("gateway", gw_port, gateway),
-               ("gateway_processes", multi_port, multi))
+    servers: tuple[tuple[str, int, Proc], ...] = (
+        ("http_ceiling", noop_port, noop), ("gateway", gw_port, gateway), ("gateway_processes", multi_port, multi))
+    if os.environ.get("BENCH_GUNICORN"):
+        # An evaluation beside the product's own supervisor, interleaved with it (bench/README.md).
+        gunicorn, gunicorn_port = start_gateway(services, out, "gateway-gunicorn", "--gunicorn",
+                                                gateway_processes=GATEWAY_PROCESSES)
+        servers += (("gateway_gunicorn", gunicorn_port, gunicorn),)
     try:
         for size in payloads.SIZES:
             conns = cfg.concurrency[size]
@@ -348,8 +353,7 @@ async def phase_gateway(services: Services, cfg: Config, bodies: Bodies, out: Pa
             say(f"gateway {size}: {bodies.mean_bytes(size):,} B bodies, {conns} connections")
             r: dict[str, Any] = {"bytes": body.stat().st_size, "connections": conns}
             runs: dict[str, list[dict[str, Any]]] = {
-                label: [] for label in ("http_ceiling", "gateway", "gateway_processes",
-                                        "broker_ceiling", "broker_ceiling_processes")}
+                label: [] for label in (*(s[0] for s in servers), "broker_ceiling", "broker_ceiling_processes")}
             for rep in range(cfg.repeats):
                 for label, port, proc in servers:
                     url = f"http://127.0.0.1:{port}{CALLBACK}{services.token}"
@@ -373,9 +377,8 @@ async def phase_gateway(services: Services, cfg: Config, bodies: Bodies, out: Pa
                 r[label] = _mean_run(xs)
             results[size] = r
     finally:
-        gateway.stop()
-        multi.stop()
-        noop.stop()
+        for _label, _port, proc in servers:
+            proc.stop()
     results["gateway_peak_rss_mb"] = round(gateway.peak_rss / 2**20, 1)
     results["gateway_processes_peak_rss_mb"] = round(multi.peak_rss / 2**20, 1)
     results["noop_peak_rss_mb"] = round(noop.peak_rss / 2**20, 1)
@@ -537,12 +540,13 @@ PHASES = {"gateway": phase_gateway, "worker": phase_worker, "scaling": phase_sca
           "backlog": phase_backlog}
 
 
-# A step run after the phases, on the same services and bodies (bench/profile.py's run):
-# passed in by bench/__main__.py, so that this module never imports the profiler that imports it.
+# Steps run after the phases, on the same services and bodies, by name (bench/profile.py's run,
+# bench/analytics.py's run): passed in by bench/__main__.py, only those asked for, so that this
+# module never imports the modules that import it.
 Extra = Callable[[Services, "Bodies", Path, bool], Awaitable[dict[str, Any]]]
 
 
-async def main_async(args: argparse.Namespace, profile: Extra | None = None) -> int:
+async def main_async(args: argparse.Namespace, extras: Mapping[str, Extra] | None = None) -> int:
     cfg = QUICK if args.quick else FULL
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
     out = OUT / f"{stamp}-{cfg.name}"
@@ -572,14 +576,14 @@ async def main_async(args: argparse.Namespace, profile: Extra | None = None) -> 
                 results[name] = {"error": f"{type(e).__name__}: {e}"}
             results.setdefault("phase_seconds", {})[name] = round(time.monotonic() - t, 1)
             (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
-        if profile is not None and (args.profile or (args.only and "profile" in args.only)):
+        for name, extra in (extras or {}).items():
             t = time.monotonic()
             try:
-                results["profile"] = await profile(services, bodies, out, args.quick)
+                results[name] = await extra(services, bodies, out, args.quick)
             except Exception as e:  # noqa: BLE001
                 traceback.print_exc()
-                results["profile"] = {"error": f"{type(e).__name__}: {e}"}
-            results.setdefault("phase_seconds", {})["profile"] = round(time.monotonic() - t, 1)
+                results[name] = {"error": f"{type(e).__name__}: {e}"}
+            results.setdefault("phase_seconds", {})[name] = round(time.monotonic() - t, 1)
     finally:
         await services.close()
         say(f"database and vhost {services.name} dropped")

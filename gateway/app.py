@@ -31,7 +31,7 @@ from gateway.body import BodyIncomplete, BodyTimeout, BodyTooLarge, CorruptBody,
 from gateway.coding import UnsupportedCoding, body_coding, check_transfer_coding
 from gateway.limits import InflightBudget, OverBudget, RateLimiter, retry_after
 from gateway.metrics import GatewayMetrics
-from gateway.publisher import PublishFailed, publish_callback
+from gateway.publisher import Publish, PublishFailed, publish_callback
 from gateway.redaction import redact_path
 from gateway.routes import CALLBACK_PATH, OPENAPI_PATH
 from gateway.signatures import SignatureError, SignatureVerifier
@@ -50,6 +50,7 @@ BUDGET = web.AppKey("inflight_budget", InflightBudget)
 RATE_LIMITER = web.AppKey("rate_limiter", RateLimiter)  # absent: no rate limit
 SIGNATURES = web.AppKey("signatures", SignatureVerifier)  # absent: signatures not required
 METRICS = web.AppKey("metrics", GatewayMetrics)
+PUBLISH: web.AppKey[Publish] = web.AppKey("publish")
 # Set on a request once its callback is confirmed, for the access log line.
 MESSAGE_ID = web.RequestKey("message_id", str)
 CONTENT_TYPE = web.RequestKey("content_type", str)
@@ -76,8 +77,9 @@ BODY_HANDLING = {"auto_decompress": False, "lingering_time": 0}
 DISCARD_BYTES = 512 * 1024
 DISCARD_SECONDS = 1.0
 
-
-def create_app(settings: Settings) -> web.Application:
+def create_app(settings: Settings, *, publish: Publish = publish_callback) -> web.Application:
+    """The gateway's application; ``publish`` puts an accepted body on the broker (the bench
+    passes one that publishes nothing, to measure the HTTP side alone)."""
     metrics = GatewayMetrics()
     # client_max_size is a backstop for any future request.read(); the
     # callback handler counts bytes itself as they arrive (gateway.body).
@@ -89,6 +91,7 @@ def create_app(settings: Settings) -> web.Application:
     )
     app[SETTINGS] = settings
     app[METRICS] = metrics
+    app[PUBLISH] = publish
     app[SOURCES] = SourcePolicy(settings.allowed_networks, settings.trusted_proxies)
     app[BUDGET] = InflightBudget(settings.max_inflight_bytes)
     if settings.rate_limit > 0:
@@ -113,6 +116,9 @@ def create_app(settings: Settings) -> web.Application:
         return web.Response(body=openapi, content_type="application/yaml")
 
     app.router.add_get(OPENAPI_PATH, openapi_document)
+    # Last: every other path and method, so that aiohttp's own 404/405 does not
+    # come after a `100 Continue` it sends first.
+    app.router.add_route("*", "/{unserved:.*}", _not_served, expect_handler=_continue_later)
     return app
 
 
@@ -148,6 +154,17 @@ async def _answer_then_close(request: web.Request, handler: Handler) -> web.Stre
             while left > 0 and (chunk := await request.content.readany()):
                 left -= len(chunk)
     return response
+
+
+async def _not_served(request: web.Request) -> web.StreamResponse:
+    """404, or 405 with the methods the path does take: what aiohttp would answer."""
+    allowed: set[str] = set()
+    for resource in request.app.router.resources():
+        if resource is not request.match_info.route.resource:
+            allowed |= (await resource.resolve(request))[1]
+    if allowed:
+        raise web.HTTPMethodNotAllowed(request.method, allowed)
+    raise web.HTTPNotFound()
 
 
 async def _continue_later(request: web.Request) -> None:
@@ -281,7 +298,7 @@ async def receive_callback(request: web.Request) -> web.Response:
             content_type = f"{content_type}; charset={request.charset}"
         try:
             with app[METRICS].publishing():
-                message_id = await publish_callback(app[BROKER], body, content_type, settings.publish_timeout)
+                message_id = await app[PUBLISH](app[BROKER], body, content_type, settings.publish_timeout)
         except PublishFailed as e:
             log.warning("callback not accepted: broker did not confirm", extra={"reason": str(e), "bytes": len(body)})
             return _unavailable(settings, "the callback could not be stored; retry later")

@@ -5,12 +5,16 @@ from __future__ import annotations
 import asyncio
 import datetime
 import uuid
-from typing import Any
+from collections.abc import Awaitable, Callable
 
 from runtime.amqp import BrokerSession
 from runtime.messages import publish_confirmed
 from schemas import topology
 from schemas.message import callback_message
+from schemas.topology import Topology
+
+# (broker session, body, content type, timeout) -> the message id, once confirmed.
+Publish = Callable[["BrokerSession[Topology]", bytes, str, float], Awaitable[str]]
 
 
 class PublishFailed(Exception):
@@ -18,7 +22,7 @@ class PublishFailed(Exception):
 
 
 async def publish_callback(
-    broker: BrokerSession[Any], body: bytes, content_type: str, timeout: float
+    broker: BrokerSession[Topology], body: bytes, content_type: str, timeout: float
 ) -> str:
     """Publish ``body`` exactly as received; return its message id once confirmed."""
     message_id = str(uuid.uuid4())

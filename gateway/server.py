@@ -12,6 +12,7 @@ from aiohttp.abc import AbstractAccessLogger
 
 from gateway.app import CONTENT_TYPE, MESSAGE_ID, create_app
 from gateway.protocol_errors import ServerLog
+from gateway.publisher import Publish, publish_callback
 from gateway.redaction import redact_path, redacted_logs
 from gateway.routes import HEALTH_PATH, METRICS_PATH, READY_PATH
 from runtime.lifecycle import stop_on_signals
@@ -85,14 +86,16 @@ def warn_about_settings(settings: Settings) -> None:
         )
 
 
-async def serve(settings: Settings, sock: socket.socket, stop: asyncio.Event | None = None) -> None:
+async def serve(
+    settings: Settings, sock: socket.socket, stop: asyncio.Event | None = None, *, publish: Publish = publish_callback
+) -> None:
     """Serve on ``sock`` (``listening_socket(FLOWSCRIBE_GATEWAY_HOST, _PORT)``, or one
     of gateway.processes' sockets) until ``stop`` is set (by default: until
     SIGTERM/SIGINT). Call ``check_startable`` first (once per host, not once per process)."""
     stop = stop or asyncio.Event()
     with redacted_logs(settings.callback_tokens):
         runner = web.AppRunner(
-            create_app(settings),
+            create_app(settings, publish=publish),
             shutdown_timeout=settings.shutdown_timeout,
             handle_signals=False,
             **server_options(settings),

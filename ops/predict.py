@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import uuid
 
-import asyncpg
-
 from schemas.message import Callback
+from store.connection import Connection
 from store.decision import decide, read_stored
 from store.outcomes import Outcome
 
@@ -28,7 +27,7 @@ JOB_FAILED = "job_failed"
 STILL_FAILS = "still fails"
 
 
-async def predict(conn: asyncpg.Connection, callbacks: list[Callback]) -> list[str]:
+async def predict(conn: Connection, callbacks: list[Callback]) -> list[str]:
     """The effect of each of ``callbacks`` (same order) if the worker took them now."""
     first: dict[uuid.UUID, Callback] = {}
     for cb in callbacks:

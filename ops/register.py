@@ -27,7 +27,7 @@ import time
 import urllib.parse
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TextIO
+from typing import Any, TextIO
 
 import aiohttp
 import yarl
@@ -226,7 +226,7 @@ async def register(
     return 0
 
 
-def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_parser(sub: argparse._SubParsersAction[Any]) -> None:
     description = (
         "Register the callback URL with Flowscribe (POST api/ConversationAnalysis/InitializeWebHook)."
         " The API key comes from FLOWSCRIBE_API_KEY. Exit status: 0 registered, 1 failed, 2 usage."

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import IO, Any
 
+import msgspec
 from lxml import etree
 
 from ops.errors import UsageError
@@ -97,6 +98,7 @@ class Progress:
         self._verb = verb
         self._total = total
         self._every = max(1, total // 10)
+        self._logged = 0  # tenths of the way logged so far (counts may jump: a batch at a time)
         self._last_draw = 0.0
         self._shown = False
 
@@ -108,7 +110,8 @@ class Progress:
                 self._console.err.write("\r" + text + "\x1b[K")
                 self._console.err.flush()
                 self._last_draw, self._shown = now, True
-        elif done % self._every == 0 or done == self._total:
+        elif done // self._every > self._logged or done == self._total:
+            self._logged = done // self._every
             self._console.note(text)
 
     def close(self) -> None:
@@ -126,8 +129,10 @@ def pretty_body(body: bytes, content_type: str | None) -> str:
     media = (content_type or "").partition(";")[0].strip().lower()
     if "json" in media:
         try:
-            return json.dumps(json.loads(body), indent=2, ensure_ascii=False)
-        except (ValueError, RecursionError):
+            # Indents the bytes as they are (escapes, key order and duplicates as received), without
+            # building Python objects: 250 KB in ~1 ms, a tenth of json.loads + json.dumps.
+            return msgspec.json.format(body, indent=2).decode("utf-8")
+        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
             pass
     elif "xml" in media:
         parser = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False,

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 from collections.abc import Iterator
-from typing import Any
 
 from ops import connect, predict
 from ops.dead_letters import DeadLetterQueue
@@ -101,40 +101,60 @@ async def _remove(console: Console, queue: DeadLetterQueue, letter: DeadLetter) 
                      f" dead-letter queue ({describe(e)}); a later replay of it changes nothing")
 
 
-async def _dry_run(settings: Settings, selector: Selector, console: Console, *, force: bool) -> int:
-    chosen: list[tuple[dict[str, Any], Callback | None, str | None]] = []
+@dataclasses.dataclass(frozen=True, slots=True)
+class Prediction:
+    """What replaying one chosen dead letter would do now (``--dry-run``; the console shows the same)."""
+
+    position: int
+    message_id: str
+    reason: str
+    analysis_id: str | None  # None: it does not decode (or carries no analysis)
+    error: str | None  # why it still fails to decode; None if it decodes
+    effect: str  # an ops.predict label; predict.STILL_FAILS when it does not decode
+
+
+async def preview(settings: Settings, selector: Selector) -> list[Prediction]:
+    """The predicted effect of replaying each dead letter ``selector`` chooses, in queue order; changes nothing."""
+    chosen: list[tuple[DeadLetter, Callback | None, str | None]] = []
     async with connect.broker(settings) as (connection, _channel, _declared):
         async with DeadLetterQueue(connection) as queue:
             async for letter in queue.select(selector):
                 callback, error = recheck(letter.message)
-                row: dict[str, Any] = {"position": letter.position, "message_id": letter.message_id,
-                       "reason": shorten(letter.reason, 50)}
-                chosen.append((row, callback, error))
+                chosen.append((letter, callback, error))
     decodable = [callback for _, callback, _ in chosen if callback is not None]
     effects: Iterator[str] = iter([])
     if decodable:
         async with connect.database(settings) as conn:
             effects = iter(await predict.predict(conn, decodable))
+    predictions = []
+    for letter, callback, error in chosen:
+        analysis = callback.analysis if callback is not None else None
+        predictions.append(Prediction(
+            position=letter.position, message_id=letter.message_id, reason=letter.reason,
+            analysis_id=str(analysis.ID) if analysis is not None else None, error=error,
+            effect=predict.STILL_FAILS if callback is None else next(effects),
+        ))
+    return predictions
+
+
+async def _dry_run(settings: Settings, selector: Selector, console: Console, *, force: bool) -> int:
     rows = []
     tally: collections.Counter[str] = collections.Counter()
-    for row, callback, error in chosen:
-        if callback is None:
-            row["decodes"] = "no"
-            row["effect"] = f"{predict.STILL_FAILS}: {shorten(error or '', 60)}"
-            tally[predict.STILL_FAILS] += 1
-        else:
-            row["decodes"] = "yes"
-            row["analysis_id"] = str(callback.analysis.ID) if callback.analysis is not None else ""
-            row["effect"] = next(effects)
-            tally[row["effect"]] += 1
-        rows.append(row)
+    for p in await preview(settings, selector):
+        rows.append({
+            "position": p.position, "message_id": p.message_id, "reason": shorten(p.reason, 50),
+            "decodes": "no" if p.error is not None else "yes", "analysis_id": p.analysis_id or "",
+            "effect": p.effect if p.error is None else f"{p.effect}: {shorten(p.error, 60)}",
+        })
+        tally[p.effect] += 1
     table(console, [("position", "#"), ("message_id", "MESSAGE ID"), ("reason", "DEAD-LETTERED FOR"),
                     ("decodes", "DECODES NOW"), ("analysis_id", "ANALYSIS"), ("effect", "WOULD")], rows)
-    would = len(decodable) + (tally[predict.STILL_FAILS] if force else 0)
-    breakdown = ", ".join(f"{n} {effect}" for effect, n in tally.items() if effect != predict.STILL_FAILS)
+    still_fails = tally.pop(predict.STILL_FAILS, 0)
+    would = sum(tally.values()) + (still_fails if force else 0)
+    breakdown = ", ".join(f"{n} {effect}" for effect, n in tally.items())
     line = f"dry run: would replay {would}" + (f" ({breakdown})" if breakdown else "")
-    if tally[predict.STILL_FAILS]:
-        line += (f"; {tally[predict.STILL_FAILS]} still fail to decode"
+    if still_fails:
+        line += (f"; {still_fails} still fail to decode"
                  + (" (replayed anyway: --force)" if force else " and would stay (--force replays them)"))
     console.say(line + "; nothing was changed")
     return 0

@@ -11,7 +11,9 @@ came), a ``duplicate`` stays one, a ``job_failed`` re-evaluates its job. Callbac
 that never landed are not in the archive: they are in the dead-letter queue (``dlq replay``).
 
 A body that no longer decodes with this version's decoder is not published
-(the worker would only dead-letter it) and is reported as failed.
+(the worker would only dead-letter it) and is reported as failed. A callback
+whose body ``prune`` removed cannot be reprocessed: it is counted as pruned,
+not published, and its rows stay as they are.
 ``--dry-run`` publishes nothing and predicts each outcome (``ops.predict``).
 """
 
@@ -37,8 +39,11 @@ from runtime.settings import Settings
 from schemas import topology
 from schemas.decoding import PayloadDecodeError, decode_payload
 from schemas.message import Callback, callback_message
+from store.connection import Connection
 
 PAGE = 200
+NOT_REPROCESSABLE = "not reprocessable"
+PRUNED_NOTE = "their archived bodies were removed by `prune`; their rows stay as they are"
 
 _SELECT = """
     SELECT id, received_at, content_type, body_sha256, body, outcome, analysis_id
@@ -47,9 +52,10 @@ _SELECT = """
       AND ($2::timestamptz IS NULL OR received_at < $2)
       AND ($3::uuid[] IS NULL OR analysis_id = ANY($3))
       AND ($4::text[] IS NULL OR outcome = ANY($4))
-      AND (received_at, id) > ($5, $6)
+      AND ($5::uuid[] IS NULL OR id = ANY($5))
+      AND (received_at, id) > ($6, $7)
     ORDER BY received_at, id
-    LIMIT $7
+    LIMIT $8
 """
 _COUNT = """
     SELECT count(*) FROM flowscribe.callbacks
@@ -57,14 +63,15 @@ _COUNT = """
       AND ($2::timestamptz IS NULL OR received_at < $2)
       AND ($3::uuid[] IS NULL OR analysis_id = ANY($3))
       AND ($4::text[] IS NULL OR outcome = ANY($4))
+      AND ($5::uuid[] IS NULL OR id = ANY($5))
 """
 
 
 def _filters(args: argparse.Namespace) -> tuple[object, ...]:
-    return (args.since, args.until, args.analysis_id or None, args.outcome or None)
+    return (args.since, args.until, args.analysis_id or None, args.outcome or None, getattr(args, "id", None) or None)
 
 
-async def _archived(conn: asyncpg.Connection, args: argparse.Namespace) -> AsyncIterator[asyncpg.Record]:
+async def _archived(conn: Connection, args: argparse.Namespace) -> AsyncIterator[asyncpg.Record]:
     """Chosen ledger rows in receive order, a page at a time (bodies can be large)."""
     after: tuple[datetime.datetime, uuid.UUID] = (datetime.datetime.min.replace(tzinfo=datetime.UTC), uuid.UUID(int=0))
     left = args.limit
@@ -99,12 +106,16 @@ async def reprocess_command(settings: Settings, args: argparse.Namespace, consol
             return await _dry_run(conn, args, console)
         total = await conn.fetchval(_COUNT, *_filters(args))
         total = total if args.limit is None else min(total, args.limit)
-        counts: collections.Counter[str] = collections.Counter({"published": 0, "failed": 0})
+        counts: collections.Counter[str] = collections.Counter({"published": 0, "failed": 0, "pruned": 0})
         async with connect.broker(settings) as (_connection, _channel, declared):
             progress = Progress(console, "reprocessing", total)
             pacer = Pacer(args.rate)
             try:
                 async for row in _archived(conn, args):
+                    if row["body"] is None:
+                        counts["pruned"] += 1
+                        progress.update(sum(counts.values()), **counts)
+                        continue
                     try:
                         _callback(row)
                     except PayloadDecodeError as e:
@@ -122,19 +133,27 @@ async def reprocess_command(settings: Settings, args: argparse.Namespace, consol
                                 f" --since {row['received_at'].isoformat()} to go on from there"
                             ) from None
                         counts["published"] += 1
-                    progress.update(counts["published"] + counts["failed"], **counts)
+                    progress.update(sum(counts.values()), **counts)
             finally:
                 progress.close()
-    console.say(f"published {counts['published']} for reprocessing, failed {counts['failed']};"
-                " the workers rewrite them (their ledger rows get a new processed_at)")
+    console.say(f"published {counts['published']} for reprocessing, failed {counts['failed']},"
+                f" pruned {counts['pruned']}; the workers rewrite them (their ledger rows get a new processed_at)")
+    if counts["pruned"]:
+        console.note(f"{counts['pruned']} not reprocessable: {PRUNED_NOTE}")
     return 1 if counts["failed"] else 0
 
 
-async def _dry_run(conn: asyncpg.Connection, args: argparse.Namespace, console: Console) -> int:
+async def preview(conn: Connection, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """For each chosen callback (receive order): its id, receive time, analysis, outcome now, and
+    ``effect``, the predicted outcome of reprocessing it (``--dry-run``; the console shows the same)."""
     chosen: list[tuple[dict[str, Any], Callback | None]] = []
     async for row in _archived(conn, args):
-        shown = {"message_id": str(row["id"]), "received_at": when(row["received_at"]),
-                 "analysis_id": str(row["analysis_id"] or ""), "outcome": row["outcome"]}
+        shown: dict[str, Any] = {"message_id": str(row["id"]), "received_at": row["received_at"],
+                                 "analysis_id": str(row["analysis_id"] or ""), "outcome": row["outcome"]}
+        if row["body"] is None:
+            shown["effect"] = f"{NOT_REPROCESSABLE}: body pruned"
+            chosen.append((shown, None))
+            continue
         try:
             chosen.append((shown, _callback(row)))
         except PayloadDecodeError as e:
@@ -142,13 +161,18 @@ async def _dry_run(conn: asyncpg.Connection, args: argparse.Namespace, console: 
             chosen.append((shown, None))
     decodable = [cb for _, cb in chosen if cb is not None]
     effects = iter(await predict.predict(conn, decodable) if decodable else [])
-    tally: collections.Counter[str] = collections.Counter()
     for shown, callback in chosen:
         if callback is not None:
             shown["effect"] = next(effects)
-        tally[shown["effect"].partition(":")[0]] += 1
+    return [shown for shown, _ in chosen]
+
+
+async def _dry_run(conn: asyncpg.Connection, args: argparse.Namespace, console: Console) -> int:
+    chosen = await preview(conn, args)
+    tally = collections.Counter(shown["effect"].partition(":")[0] for shown in chosen)
     table(console, [("message_id", "CALLBACK ID"), ("received_at", "RECEIVED"), ("analysis_id", "ANALYSIS"),
-                    ("outcome", "OUTCOME NOW"), ("effect", "WOULD")], [s for s, _ in chosen])
+                    ("outcome", "OUTCOME NOW"), ("effect", "WOULD")],
+          [{**shown, "received_at": when(shown["received_at"])} for shown in chosen])
     breakdown = ", ".join(f"{n} {effect}" for effect, n in tally.items())
     console.say(f"dry run: would reprocess {len(chosen)}" + (f" ({breakdown})" if breakdown else "")
                 + "; nothing was changed")

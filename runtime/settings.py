@@ -65,6 +65,42 @@ def _secret(raw: str) -> Secrets:
     return Secrets([raw.strip()]) if raw.strip() else Secrets()
 
 
+ROLES = ("view", "operate")
+_NAME = re.compile(r"[A-Za-z0-9._@-]+")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ConsoleCredential:
+    """One console login: who (the name the audit log shows), what they may do, and the secret."""
+
+    name: str
+    role: str  # view | operate
+    token: str = dataclasses.field(repr=False)
+
+
+def _console_credentials(raw: str) -> Secrets:
+    """``name:role:token`` entries, comma-separated (names and tokens unique)."""
+    credentials = []
+    for entry in (e.strip() for e in raw.split(",")):
+        if not entry:
+            continue
+        name, _, rest = entry.partition(":")
+        role, _, token = rest.partition(":")
+        if not (_NAME.fullmatch(name) and role in ROLES and _TOKEN.fullmatch(token)):
+            raise ValueError(
+                "each entry must be name:role:token, role view or operate, the name letters, digits"
+                " and . _ @ -, the token letters, digits and . _ ~ -"
+            )
+        credentials.append(ConsoleCredential(name, role, token))
+    if len({c.name for c in credentials}) < len(credentials) or len({c.token for c in credentials}) < len(credentials):
+        raise ValueError("names and tokens must each be unique")
+    return Secrets(credentials)
+
+
+def _names(raw: str) -> tuple[str, ...]:
+    return tuple(n.strip() for n in raw.split(",") if n.strip())
+
+
 def _networks(raw: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
     return tuple(ipaddress.ip_network(n.strip(), strict=False) for n in raw.split(",") if n.strip())
 
@@ -97,6 +133,13 @@ def _positive_float(raw: str) -> float:
     value = float(raw)
     if not value > 0:
         raise ValueError("must be > 0")
+    return value
+
+
+def _fraction(raw: str) -> float:
+    value = float(raw)
+    if not 0 <= value <= 1:
+        raise ValueError("must be between 0 and 1")
     return value
 
 
@@ -226,6 +269,11 @@ class Settings:
         "Longest pause between attempts while the database is unreachable; the worker"
         " holds its batch and retries until it is back (nothing is dead-lettered for it).",
     )
+    drift_sample_rate: float = _setting(
+        "FLOWSCRIBE_DRIFT_SAMPLE_RATE", 0.01, _fraction,
+        "Share of callbacks (0 to 1) a worker also checks for fields and objects the payload Structs"
+        " do not know (schema drift: `flowscribe-ingest drift`). 0: off; 1: every callback.",
+    )
     worker_http_host: str = _setting(
         "FLOWSCRIBE_WORKER_HTTP_HOST", "0.0.0.0", str,
         "Address the worker serves `/metrics`, `/healthz` and `/readyz` on.",
@@ -239,6 +287,12 @@ class Settings:
         "FLOWSCRIBE_SHUTDOWN_TIMEOUT", 30.0, _positive_float,
         "Seconds a stopping process waits for work in hand; what is left returns to the queue.",
     )
+    reporting_time_zone: str = _setting(
+        "FLOWSCRIBE_REPORTING_TIME_ZONE", "", str,
+        "Time zone whose calendar days the analytics views report in (`Europe/London`,"
+        " `America/New_York`: a name PostgreSQL knows). Applied by `migrate`, which moves every"
+        " stored day to it; empty: keep the database's (`UTC` at first).",
+    )
     log_format: str = _setting(
         "FLOWSCRIBE_LOG_FORMAT", "auto", _choice("auto", "json", "text"),
         "`json` (one object per line), `text`, or `auto` (text on a terminal, else json).",
@@ -251,6 +305,28 @@ class Settings:
         "FLOWSCRIBE_API_KEY", Secrets(), _secret,
         "Flowscribe API key, sent by `flowscribe-ingest register` in the header named by"
         " `--api-key-header`; no other command reads it, none prints it.",
+    )
+
+    console_host: str = _setting(
+        "FLOWSCRIBE_CONSOLE_HOST", "127.0.0.1", str,
+        "Address the operator's console listens on (keep it private: see \"The console\").",
+    )
+    console_port: int = _setting(
+        "FLOWSCRIBE_CONSOLE_PORT", 8090, int, "Port of the operator's console (0: any free port)."
+    )
+    console_tokens: Secrets = _setting(
+        "FLOWSCRIBE_CONSOLE_TOKENS", Secrets(), _console_credentials,
+        "Console logins, comma-separated `name:role:token` (role `view` or `operate`). The name is"
+        " what the audit log shows; the token is the password.",
+    )
+    console_user_header: str = _setting(
+        "FLOWSCRIBE_CONSOLE_USER_HEADER", "", str,
+        "Trusted-header mode: the request header in which an authenticating proxy (one of"
+        " `FLOWSCRIBE_TRUSTED_PROXIES`) names the user; no login form then. Empty: off.",
+    )
+    console_operators: tuple[str, ...] = _setting(
+        "FLOWSCRIBE_CONSOLE_OPERATORS", (), _names,
+        "In trusted-header mode, the user names with the `operate` role; everyone else may only view.",
     )
 
     @classmethod

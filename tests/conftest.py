@@ -39,8 +39,10 @@ BASE_DATABASE_URL = os.environ.get(
 BASE_AMQP_URL = os.environ.get("FLOWSCRIBE_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 TABLES = (
     "callbacks", "jobs", "analyses", "sentences", "sentence_entities", "sentence_intents",
-    "sentence_keywords", "sentence_scorings", "sentence_topics",
+    "sentence_keywords", "sentence_scorings", "sentence_topics", "conversation_summaries", "conversation_terms",
 )
+# Tables the worker writes apart from the callbacks' rows (not counted in flowscribe_rows_written).
+SIDE_TABLES = ("schema_drift",)
 
 
 def _rabbitmqctl(*args: str) -> None:
@@ -123,7 +125,7 @@ async def _channel(amqp_url: str) -> AsyncIterator[aio_pika.abc.AbstractChannel]
 @pytest.fixture
 async def fresh(_pool: asyncpg.Pool, _channel: aio_pika.abc.AbstractChannel) -> None:
     """Empty tables and queues: every test that uses the services starts from nothing."""
-    await _pool.execute("TRUNCATE " + ", ".join(f"flowscribe.{t}" for t in TABLES))
+    await _pool.execute("TRUNCATE " + ", ".join(f"flowscribe.{t}" for t in (*TABLES, *SIDE_TABLES)))
     retry_queues = [topology.retry_queue(d) for d in topology.RETRY_DELAYS_SECONDS]
     for name in (topology.CALLBACK_QUEUE, topology.DEAD_LETTER_QUEUE, *retry_queues):
         queue = await _channel.get_queue(name)
@@ -170,7 +172,15 @@ class RunningWorker:
 
     def __init__(self, settings: Settings) -> None:
         self.stop_event = asyncio.Event()
-        self.task: asyncio.Task[Worker] = asyncio.create_task(run_worker(settings, self.stop_event))
+        self.started: asyncio.Future[Worker] = asyncio.get_running_loop().create_future()
+        self.task: asyncio.Task[Worker] = asyncio.create_task(
+            run_worker(settings, self.stop_event, started=self.started.set_result))
+
+    async def http_port(self, timeout: float = 30) -> int:
+        """The port its HTTP server is bound to, once it is (what run_worker hands to ``started``)."""
+        worker = await asyncio.wait_for(asyncio.shield(self.started), timeout)
+        assert worker.http_port is not None
+        return worker.http_port
 
     async def stop(self, timeout: float = 30) -> Worker:
         self.stop_event.set()

@@ -17,12 +17,13 @@ from typing import Any, ClassVar
 
 import yaml
 
+from console.app import create_app as create_console_app
 from flowscribe_ingest.cli import COMMANDS, build_parser
 from gateway.app import create_app as create_gateway_app
 from runtime.settings import Settings
 from schemas import topology
 from tests.support import JSON_SAMPLE, eventually
-from tests.test_observability import POISON, scrape, value, worker_http_port
+from tests.test_observability import POISON, scrape, value
 from tests.test_pipeline import post
 from worker import http as worker_http
 from worker.metrics import WorkerMetrics
@@ -78,6 +79,7 @@ def of_kind(kind: str) -> dict[str, dict[str, Any]]:
 def pod_specs() -> dict[str, dict[str, Any]]:
     specs = {name: doc["spec"]["template"]["spec"] for name, doc in of_kind("Deployment").items()}
     specs |= {name: doc["spec"]["template"]["spec"] for name, doc in of_kind("Job").items()}
+    specs |= {name: doc["spec"]["jobTemplate"]["spec"]["template"]["spec"] for name, doc in of_kind("CronJob").items()}
     return specs
 
 
@@ -144,8 +146,8 @@ class TestDashboardAndAlerts:
         caplog.set_level(logging.INFO, logger="worker")
         await post(http, gateway, JSON_SAMPLE)
         await post(http, gateway, POISON)
-        start_worker()
-        worker_metrics = f"http://127.0.0.1:{await worker_http_port(caplog)}/metrics"
+        running = start_worker()
+        worker_metrics = f"http://127.0.0.1:{await running.http_port()}/metrics"
 
         async def both_done() -> bool:
             samples = await scrape(http, worker_metrics)
@@ -171,7 +173,7 @@ class TestKubernetesManifests:
     """deploy/k8s: known kinds, real subcommands, probes on real endpoints and ports, real settings."""
 
     KINDS: ClassVar[dict[str, str]] = {
-        "Deployment": "apps/v1", "Service": "v1", "Job": "batch/v1", "ConfigMap": "v1",
+        "Deployment": "apps/v1", "Service": "v1", "Job": "batch/v1", "CronJob": "batch/v1", "ConfigMap": "v1",
         "ScaledObject": "keda.sh/v1alpha1", "TriggerAuthentication": "keda.sh/v1alpha1",
         "Kustomization": "kustomize.config.k8s.io/v1beta1",
     }
@@ -181,9 +183,10 @@ class TestKubernetesManifests:
         for doc in docs:
             assert self.KINDS.get(doc["kind"]) == doc["apiVersion"], doc["kind"]
             assert doc["kind"] == "Kustomization" or doc["metadata"]["name"].startswith("flowscribe")
-        assert set(of_kind("Deployment")) == {"flowscribe-gateway", "flowscribe-worker"}
-        assert set(of_kind("Service")) == {"flowscribe-gateway"}
+        assert set(of_kind("Deployment")) == {"flowscribe-gateway", "flowscribe-worker", "flowscribe-console"}
+        assert set(of_kind("Service")) == {"flowscribe-gateway", "flowscribe-console"}
         assert set(of_kind("Job")) == {"flowscribe-migrate"}
+        assert set(of_kind("CronJob")) == {"flowscribe-prune"}
         assert set(of_kind("ScaledObject")) == {"flowscribe-worker"}
         (kustomization,) = [doc for doc in docs if doc["kind"] == "Kustomization"]
         assert set(kustomization["resources"]) == {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
@@ -193,8 +196,8 @@ class TestKubernetesManifests:
         for name, spec in pod_specs().items():
             for container in containers(spec):
                 assert container["image"] == "flowscribe-ingest:latest", name
-                assert container["args"][0] in COMMANDS, (name, container["args"])
-                build_parser().parse_args(container["args"])  # the whole command line parses
+                args = build_parser().parse_args(container["args"])  # the whole command line parses
+                assert container["args"][0] in COMMANDS or hasattr(args, "ops_command"), (name, container["args"])
                 names = {e["name"] for e in container.get("env", [])}
                 assert names <= SETTING_NAMES, names - SETTING_NAMES
                 container_settings(container)  # every value parses
@@ -210,9 +213,11 @@ class TestKubernetesManifests:
     def test_probes_and_scraping_point_at_real_endpoints(self):
         gateway_routes = routes(create_gateway_app(Settings()))
         worker_routes = routes(worker_http.create_app(WorkerMetrics().registry, readiness=None))  # type: ignore[arg-type]
+        console_routes = routes(create_console_app(Settings()))
         for name, command, listens, paths in [
             ("flowscribe-gateway", "gateway", lambda s: s.gateway_port, gateway_routes),
             ("flowscribe-worker", "worker", lambda s: s.worker_http_port, worker_routes),
+            ("flowscribe-console", "console", lambda s: s.console_port, console_routes),
         ]:
             deployment = of_kind("Deployment")[name]
             spec = deployment["spec"]["template"]["spec"]
@@ -226,8 +231,9 @@ class TestKubernetesManifests:
                 assert port_number(container, get["port"]) == port, (name, probe)
             assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
             assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
-            annotations = deployment["spec"]["template"]["metadata"]["annotations"]
-            assert int(annotations["prometheus.io/port"]) == port and annotations["prometheus.io/path"] in paths
+            annotations = deployment["spec"]["template"]["metadata"].get("annotations", {})
+            if command != "console":  # the console has no metrics of its own
+                assert int(annotations["prometheus.io/port"]) == port and annotations["prometheus.io/path"] in paths
             assert spec["terminationGracePeriodSeconds"] > settings.shutdown_timeout, name
             labels = deployment["spec"]["template"]["metadata"]["labels"]
             assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
@@ -241,6 +247,21 @@ class TestKubernetesManifests:
         assert service["spec"]["selector"].items() <= gateway["metadata"]["labels"].items()
         for port in service["spec"]["ports"]:
             assert port_number(gateway["spec"]["containers"][0], port["targetPort"]) == Settings().gateway_port
+
+    def test_the_console_is_internal_and_single(self):
+        """The console's Service never leaves the cluster, and one replica holds the sessions."""
+        service = of_kind("Service")["flowscribe-console"]
+        assert service["spec"]["type"] == "ClusterIP" and "externalIPs" not in service["spec"]
+        deployment = of_kind("Deployment")["flowscribe-console"]
+        assert deployment["spec"]["replicas"] == 1
+        template = deployment["spec"]["template"]
+        assert service["spec"]["selector"].items() <= template["metadata"]["labels"].items()
+        (container,) = template["spec"]["containers"]
+        settings = container_settings(container)
+        for port in service["spec"]["ports"]:
+            assert port_number(container, port["targetPort"]) == settings.console_port
+        assert "FLOWSCRIBE_CONSOLE_TOKENS" in {e["name"] for e in container["env"]}
+        assert "NodePort" not in str(of_kind("Service")) and "LoadBalancer" not in str(of_kind("Service"))
 
     def test_workers_scale_on_the_callbacks_queue(self):
         (scaled,) = of_kind("ScaledObject").values()
@@ -256,6 +277,16 @@ class TestKubernetesManifests:
         assert (secret["parameter"], secret["name"], secret["key"]) == ("host", "flowscribe", "amqp-url")
 
 
+    def test_the_prune_cronjob_runs_one_at_a_time_and_stops_gracefully(self):
+        (cron,) = of_kind("CronJob").values()
+        assert cron["spec"]["concurrencyPolicy"] == "Forbid"
+        job = cron["spec"]["jobTemplate"]["spec"]
+        (container,) = job["template"]["spec"]["containers"]
+        args = build_parser().parse_args(container["args"])
+        assert args.command == "prune" and args.older_than and not args.dry_run
+        assert job["template"]["spec"]["restartPolicy"] in ("OnFailure", "Never")
+
+
 class TestDockerfile:
     """The image installs every package the project declares, and runs the console script."""
 
@@ -265,7 +296,7 @@ class TestDockerfile:
         copied = set(re.findall(r"^COPY (\S+) \./\1$", dockerfile, re.MULTILINE))
         assert set(packages) <= copied, set(packages) - copied
         assert 'ENTRYPOINT ["flowscribe-ingest"]' in dockerfile
-        assert re.search(r"^EXPOSE 8080 8081$", dockerfile, re.MULTILINE)
+        assert re.search(r"^EXPOSE 8080 8081 8090$", dockerfile, re.MULTILINE)
 
 
 def analysis_body(i: int) -> bytes:

@@ -56,16 +56,6 @@ async def scrape(http: aiohttp.ClientSession, url: str) -> Samples:
     return parse(await scrape_text(http, url))
 
 
-async def worker_http_port(caplog: pytest.LogCaptureFixture) -> int:
-    """The port the (last started) in-process worker logged as `worker http listening`."""
-
-    async def logged() -> int | None:
-        ports = [r.__dict__["port"] for r in caplog.records if r.getMessage() == "worker http listening"]
-        return ports[-1] if ports else None
-
-    return await eventually(logged, what="the worker's HTTP port in its log")
-
-
 def consumed(samples: Samples) -> dict[str, float | None]:
     return {o: value(samples, "flowscribe_messages_consumed_total", outcome=o) for o in OUTCOMES}
 
@@ -127,8 +117,8 @@ class TestWorkerMetrics:
         await post(http, gateway, JSON_SAMPLE)
         await post(http, gateway, JSON_SAMPLE)  # the vendor retrying: a duplicate
         await post(http, gateway, POISON)
-        start_worker()
-        url = f"http://127.0.0.1:{await worker_http_port(caplog)}/metrics"
+        running = start_worker()
+        url = f"http://127.0.0.1:{await running.http_port()}/metrics"
 
         async def all_three_done() -> Samples | None:
             samples = await scrape(http, url)
@@ -160,8 +150,8 @@ class TestWorkerMetrics:
         await proxy.open()
         await proxy.close()  # the database is "down" from the worker's side
         try:
-            start_worker(database_url=proxy.url(settings.database_url), database_retry_max_delay=0.2)
-            base = f"http://127.0.0.1:{await worker_http_port(caplog)}"
+            running = start_worker(database_url=proxy.url(settings.database_url), database_retry_max_delay=0.2)
+            base = f"http://127.0.0.1:{await running.http_port()}"
             await post(http, gateway, JSON_SAMPLE)
 
             async def held() -> bool:
@@ -198,8 +188,8 @@ class TestWorkerProbes:
 
     async def test_a_running_worker_is_alive_and_ready(self, http, start_worker, caplog):
         caplog.set_level(logging.INFO, logger="worker")
-        start_worker()
-        base = f"http://127.0.0.1:{await worker_http_port(caplog)}"
+        running = start_worker()
+        base = f"http://127.0.0.1:{await running.http_port()}"
         async with http.get(base + "/healthz") as r:
             assert r.status == 200
 

@@ -513,7 +513,7 @@ class TestReprocess:
         assert await depth(broker, topology.CALLBACK_QUEUE) == 0 and await _ledger(db) == ledger_before
 
         run = await ops(settings, "reprocess", "--analysis-id", analysis)
-        assert run.code == 0 and "published 3 for reprocessing, failed 0" in run.out
+        assert run.code == 0 and "published 3 for reprocessing, failed 0," in run.out
         start_worker()
         await eventually(lambda: _reprocessed(db, ledger_before, {older, current, retry}),
                          what="the worker to reprocess the three callbacks")

@@ -113,7 +113,7 @@ class TestExpectContinue:
 
     @pytest.mark.parametrize(("case", "expected"), [
         ("wrong token", 401), ("no token", 401), ("source not allowed", 403), ("wrong type", 415),
-        ("announced too large", 413), ("coding not decoded", 415),
+        ("announced too large", 413), ("coding not decoded", 415), ("unknown path", 404), ("wrong method", 405),
     ])
     async def test_refused_without_continue(self, make_gateway, case, expected):
         target, content_type, extra, changes = path(), "application/json", "", {}
@@ -129,10 +129,14 @@ class TestExpectContinue:
             changes = {"max_body_bytes": 1024}
         elif case == "coding not decoded":
             extra = "Content-Encoding: br\r\n"
+        elif case == "unknown path":
+            target = "/elsewhere"
         server = await make_gateway(**changes)
-        status, data = await exchange(server.port, head(
-            target, content_length=len(JSON_SAMPLE), content_type=content_type,
-            extra=extra + "Expect: 100-continue\r\n"))
+        request = head(target, content_length=len(JSON_SAMPLE), content_type=content_type,
+                       extra=extra + "Expect: 100-continue\r\n")
+        if case == "wrong method":
+            request = request.replace(b"POST ", b"PUT ", 1)
+        status, data = await exchange(server.port, request)
         assert status == expected, data
         assert b"100 Continue" not in data
 

@@ -45,6 +45,7 @@ from schemas.topology import Topology
 from store.batch import BatchResult
 from store.outcomes import Outcome
 from worker.acks import AckWindow
+from worker.drift_log import DriftLog
 from worker.failures import Fault
 from worker.landing import Landing
 from worker.metrics import WorkerMetrics
@@ -70,6 +71,7 @@ class Worker:
 
     def __init__(self, settings: Settings, pool: asyncpg.Pool) -> None:
         self._settings = settings
+        self._drift: DriftLog | None = None  # checks a sample of the callbacks for fields the Structs do not know
         self._inbox: asyncio.Queue[AbstractIncomingMessage | None] = asyncio.Queue()
         self._consumer: tuple[AbstractQueue, str] | None = None
         self._window: AckWindow | None = None  # the current channel's unsettled deliveries
@@ -92,6 +94,9 @@ class Worker:
 
     def use_broker(self, broker: BrokerSession[Topology]) -> None:
         self._broker = broker
+
+    def use_drift_log(self, drift: DriftLog) -> None:
+        self._drift = drift
 
     async def attach(self, channel: AbstractChannel, declared: Topology) -> None:
         """Start consuming on a (new) channel; called by the broker session on every connect."""
@@ -248,6 +253,8 @@ class Worker:
                 continue
             messages[callback.id] = message
             callbacks.append(callback)
+            if self._drift is not None and not callback.reprocess:
+                self._drift.check(callback.id, callback.received_at, callback.body, callback.content_type)
             # Decoding a batch is a few hundred ms of CPU; between two messages, let
             # the batches being written send their next COPY data, commit and ack,
             # or PostgreSQL idles until the whole batch is decoded.

@@ -53,10 +53,3 @@ def classify(exc: BaseException) -> Fault:
     if isinstance(exc, _CONFLICT):
         return Fault.CONFLICT
     return Fault.DATA
-
-
-def describe(exc: BaseException, limit: int = 2000) -> str:
-    """``ErrorClass: message``, one line, bounded (it travels in an AMQP header)."""
-    text = " ".join(str(exc).split())
-    line = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-    return line if len(line) <= limit else line[: limit - 1] + "…"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 import asyncpg
 
@@ -11,13 +12,20 @@ from runtime.amqp import BrokerSession
 from runtime.settings import Settings
 from schemas import topology
 from worker.consumer import WRITES_IN_FLIGHT, Worker
+from worker.drift_log import drift_log
 from worker.http import Readiness, serving
 
 log = logging.getLogger("worker")
 
 
-async def run_worker(settings: Settings, stop: asyncio.Event) -> Worker:
-    """Run one worker until ``stop`` is set; returns it (with its counters) once stopped."""
+async def run_worker(
+    settings: Settings, stop: asyncio.Event, *, started: Callable[[Worker], object] | None = None
+) -> Worker:
+    """Run one worker until ``stop`` is set; returns it (with its counters) once stopped.
+
+    ``started`` is called with the worker once it serves HTTP (``worker.http_port``)
+    and consumes: how tests and tools learn its port without reading its log.
+    """
     async with asyncpg.create_pool(
         settings.database_url,
         min_size=0,
@@ -30,14 +38,19 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> Worker:
         server_settings={"plan_cache_mode": "force_custom_plan"},
     ) as pool:
         worker = Worker(settings, pool)
-        async with BrokerSession(
-            settings.amqp_url, "worker", declare=topology.declare, prefetch=settings.worker_prefetch,
-            on_ready=worker.attach,
-        ) as broker:
-            worker.use_broker(broker)
-            async with serving(settings, worker.metrics.registry, Readiness(broker, pool)) as port:
-                worker.http_port = port
-                log.info("worker started", extra={"batch_size": settings.batch_size,
-                                                  "prefetch": settings.worker_prefetch})
-                await worker.run(stop)
+        # Around the broker session: the last sightings are flushed after the last batch.
+        async with drift_log(pool, worker.metrics.registry, settings.drift_sample_rate) as drift:
+            worker.use_drift_log(drift)
+            async with BrokerSession(
+                settings.amqp_url, "worker", declare=topology.declare, prefetch=settings.worker_prefetch,
+                on_ready=worker.attach,
+            ) as broker:
+                worker.use_broker(broker)
+                async with serving(settings, worker.metrics.registry, Readiness(broker, pool)) as port:
+                    worker.http_port = port
+                    if started is not None:
+                        started(worker)
+                    log.info("worker started", extra={"batch_size": settings.batch_size,
+                                                      "prefetch": settings.worker_prefetch})
+                    await worker.run(stop)
     return worker

@@ -1,0 +1,84 @@
+"""The console's aiohttp application: resources, middlewares, templates, routes."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import asyncpg
+from aiohttp import web
+
+from console import actions, callbacks, keys, letters, login, overview, security
+from console.jobs import Jobs
+from console.pages import ENVIRONMENT, environment
+from console.previews import Previews
+from console.queues import DeadLetterGlance
+from console.sessions import SessionStore
+from runtime.amqp import BrokerSession
+from runtime.settings import Settings, SettingsError
+from schemas import topology
+
+HERE = Path(__file__).parent
+
+
+def check_startable(settings: Settings) -> None:
+    """SettingsError (exit status 2) unless people can log in: tokens, or a trusted proxy's header."""
+    if settings.console_user_header:
+        if not settings.trusted_proxies:
+            raise SettingsError("FLOWSCRIBE_CONSOLE_USER_HEADER needs FLOWSCRIBE_TRUSTED_PROXIES: the proxies"
+                               " whose header is believed")
+    elif not settings.console_tokens:
+        raise SettingsError("set FLOWSCRIBE_CONSOLE_TOKENS (name:role:token,...) or, behind an authenticating"
+                           " proxy, FLOWSCRIBE_CONSOLE_USER_HEADER")
+
+
+async def _database(app: web.Application) -> AsyncIterator[None]:
+    # Custom plans always: the searches' filters are parameters, and a generic plan cannot know that a
+    # content type or outcome is rare; it scans the whole ledger for one nobody sent (bench.console).
+    async with asyncpg.create_pool(app[keys.SETTINGS].database_url, min_size=1, max_size=4,
+                                   server_settings={"plan_cache_mode": "force_custom_plan"}) as pool:
+        app[keys.POOL] = pool
+        yield
+
+
+async def _broker(app: web.Application) -> AsyncIterator[None]:
+    async with BrokerSession(app[keys.SETTINGS].amqp_url, "console", declare=topology.declare) as session:
+        app[keys.BROKER] = session
+        yield
+
+
+async def _jobs(app: web.Application) -> AsyncIterator[None]:
+    app[keys.JOBS] = Jobs()
+    yield
+    await app[keys.JOBS].close(app[keys.SETTINGS].shutdown_timeout)
+
+
+async def _healthz(_request: web.Request) -> web.Response:
+    return web.Response(text="ok")
+
+
+async def _readyz(request: web.Request) -> web.Response:
+    try:
+        async with request.app[keys.POOL].acquire(timeout=2) as conn:
+            await conn.fetchval("SELECT 1")
+    except Exception:  # noqa: BLE001 - not ready, whatever the reason
+        raise web.HTTPServiceUnavailable(text="database not reachable") from None
+    if not request.app[keys.BROKER].ready:
+        raise web.HTTPServiceUnavailable(text="broker not connected")
+    return web.Response(text="ready")
+
+
+def create_app(settings: Settings) -> web.Application:
+    app = web.Application(middlewares=[security.headers, security.authentication, security.csrf])
+    app[keys.SETTINGS] = settings
+    app[keys.SESSIONS] = SessionStore()
+    app[keys.PREVIEWS] = Previews()
+    app[keys.GLANCE] = DeadLetterGlance(settings)
+    app.cleanup_ctx.extend([_database, _broker, _jobs])
+    app[ENVIRONMENT] = environment()
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/readyz", _readyz)
+    app.router.add_static("/static", HERE / "static")
+    for table in (login.routes, overview.routes, callbacks.routes, letters.routes, actions.routes):
+        app.router.add_routes(table)
+    return app

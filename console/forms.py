@@ -1,0 +1,112 @@
+"""Query strings and forms into the selections ops and the ledger understand, with errors in words.
+
+The dead-letter selectors are the ``dlq`` commands' own (ops.selection): the
+same parsing of times and ids, the same ``Selector``.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+from console.ledger import Cursor, LedgerFilter
+from ops.selection import Selector, normalise_id, parse_when
+from store.outcomes import RECORDED as OUTCOMES
+
+# The fields of a dead-letter selection, as forms and links carry them.
+SELECTOR_FIELDS = ("ids", "reason", "since", "until", "limit", "all")
+LEDGER_FIELDS = ("message_id", "analysis_id", "job_id", "outcome", "content_type", "since", "until")
+MAX_LIMIT = 1_000_000
+
+
+class FormError(ValueError):
+    """A field the operator filled in that we cannot use; the message names it."""
+
+
+def _text(data: Mapping[str, Any], name: str) -> str:
+    value = data.get(name, "")
+    return value.strip() if isinstance(value, str) else ""
+
+
+def _uuid(data: Mapping[str, Any], name: str, label: str) -> uuid.UUID | None:
+    text = _text(data, name)
+    if not text:
+        return None
+    try:
+        return uuid.UUID(text)
+    except ValueError:
+        raise FormError(f"{label}: {text!r} is not a UUID") from None
+
+
+def _when(data: Mapping[str, Any], name: str, label: str) -> Any:
+    text = _text(data, name)
+    if not text:
+        return None
+    try:
+        return parse_when(text)
+    except ValueError as e:
+        raise FormError(f"{label}: {e}") from None
+
+
+def ledger_filter(data: Mapping[str, Any]) -> LedgerFilter:
+    outcome = _text(data, "outcome") or None
+    if outcome is not None and outcome not in OUTCOMES:
+        raise FormError(f"outcome: must be one of {', '.join(OUTCOMES)}")
+    return LedgerFilter(
+        message_id=_uuid(data, "message_id", "message id"),
+        analysis_id=_uuid(data, "analysis_id", "analysis id"),
+        job_id=_uuid(data, "job_id", "job id"),
+        outcome=outcome,
+        content_type=_text(data, "content_type") or None,
+        since=_when(data, "since", "since"),
+        until=_when(data, "until", "until"),
+    )
+
+
+def cursor(data: Mapping[str, Any]) -> Cursor | None:
+    text = _text(data, "after")
+    if not text:
+        return None
+    try:
+        return Cursor.decode(text)
+    except ValueError:
+        raise FormError("that page link is damaged; start from the first page") from None
+
+
+def selector(data: Mapping[str, Any]) -> Selector:
+    """A dead-letter selection: ids (spaces or commas between), reason, since, until, limit, all."""
+    ids = frozenset(normalise_id(i) for i in re.split(r"[\s,]+", _text(data, "ids")) if i)
+    limit_text = _text(data, "limit")
+    limit = None
+    if limit_text:
+        if not limit_text.isdigit() or not 0 < int(limit_text) <= MAX_LIMIT:
+            raise FormError(f"limit: must be a whole number from 1 to {MAX_LIMIT}")
+        limit = int(limit_text)
+    return Selector(
+        ids=ids,
+        reason=_text(data, "reason") or None,
+        since=_when(data, "since", "since"),
+        until=_when(data, "until", "until"),
+        every=_text(data, "all") in ("1", "on", "yes"),
+        limit=limit,
+    )
+
+
+def selector_fields(data: Mapping[str, Any]) -> dict[str, str]:
+    """The selection as it was typed, to put back into forms and links."""
+    return {name: _text(data, name) for name in SELECTOR_FIELDS if _text(data, name)}
+
+
+def ledger_fields(data: Mapping[str, Any]) -> dict[str, str]:
+    return {name: _text(data, name) for name in LEDGER_FIELDS if _text(data, name)}
+
+
+def describe_selector(s: Selector) -> dict[str, Any]:
+    """The selection as the audit log records it."""
+    return {
+        "ids": sorted(s.ids), "reason": s.reason,
+        "since": s.since.isoformat() if s.since else None, "until": s.until.isoformat() if s.until else None,
+        "all": s.every, "limit": s.limit,
+    }

@@ -1,0 +1,255 @@
+"""The console in a real browser (Debian's headless Chromium, driven by Playwright) against a real
+gateway, worker, RabbitMQ and PostgreSQL: what an operator does, seen as the operator sees it.
+
+Screenshots of every page go to build/console-screenshots/ (not committed) for people to look at.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import shutil
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from schemas import topology
+from tests.console_support import OPERATOR_TOKEN, VIEWER_TOKEN, console  # noqa: F401
+from tests.support import eventually
+from tests.test_ops import depth
+from tests.test_pipeline import post, versioned
+
+CHROMIUM = os.environ.get("FLOWSCRIBE_TEST_CHROMIUM", "/usr/bin/chromium")
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run"]
+SHOTS = Path(__file__).parent.parent / "build" / "console-screenshots"
+# Seconds to wait for the pipeline on a machine that is busy with other test runs (a deadline, not a sleep).
+LOADED = 60
+POISON = b'{"Success": tru'  # accepted by the gateway (it never parses), dead-lettered by the worker
+HOSTILE = "<script>window.__pwned = 1</script>\"><img src=x onerror=\"window.__pwned = 2\">"
+
+pytestmark = pytest.mark.skipif(
+    not (shutil.which(CHROMIUM) or Path(CHROMIUM).exists()),
+    reason=f"no Chromium at {CHROMIUM}: scripts/bootstrap installs Debian's chromium when run as root",
+)
+
+
+@pytest.fixture(scope="session")
+async def browser() -> AsyncIterator[Any]:
+    from playwright.async_api import async_playwright
+
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    async with async_playwright() as playwright:
+        launched = await playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        yield launched
+        await launched.close()
+
+
+class Operator:
+    """One person at one browser: a fresh context (cookies), logged in with a token."""
+
+    def __init__(self, page: Any, base: str) -> None:
+        self.page = page
+        self.base = base
+        self.csp_violations: list[str] = []
+        page.on("console", self._on_console)
+
+    def _on_console(self, message: Any) -> None:
+        if "Content Security Policy" in message.text:
+            self.csp_violations.append(message.text)
+
+    async def open(self, path: str) -> Any:
+        return await self.page.goto(self.base + path)
+
+    async def shot(self, name: str, *, full: bool = True) -> None:
+        await self.page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=full)
+
+    async def login(self, token: str, *, shot: str | None = None) -> None:
+        await self.open("/")
+        assert self.page.url.startswith(self.base + "/login")
+        await self.page.fill("input[name=token]", token)
+        if shot:
+            await self.shot(shot)
+        await self.page.click("button[type=submit]")
+        await self.page.wait_for_url(self.base + "/")
+
+
+@contextlib.asynccontextmanager
+async def person(browser: Any, console: Any, token: str, *, shot: str | None = None,  # noqa: F811
+                 viewport: dict[str, int] | None = None) -> AsyncIterator[Operator]:
+    context = await browser.new_context(viewport=viewport or {"width": 1280, "height": 900})
+    try:
+        operator = Operator(await context.new_page(), str(console.make_url("")).rstrip("/"))
+        await operator.login(token, shot=shot)
+        yield operator
+    finally:
+        await context.close()
+
+
+async def rows_in(db: Any, sql: str, *args: Any) -> int:
+    return await db.fetchval(sql, *args)
+
+
+class TestInTheBrowser:
+    """Log in, find callbacks, follow a dead letter from poison to replay, purge, and stay safe."""
+
+    async def test_find_a_callback_by_analysis_and_see_its_versions(self, browser, console, gateway, http,  # noqa: F811
+                                                                     db, start_worker):
+        start_worker()
+        analysis = str(uuid.uuid4())
+        ids = []
+        for n, body in enumerate([versioned(v, analysis_id=analysis) for v in (1, 2, 3)]
+                                 + [versioned(1, analysis_id=str(uuid.uuid4()))], 1):
+            # One at a time: each version is the newest when it lands, so each is ingested in its turn.
+            ids.append(await post(http, gateway, body))
+            await eventually(functools.partial(rows_in, db, "SELECT count(*) = $1 FROM flowscribe.callbacks", n),
+                             what=f"{n} callbacks stored", timeout=LOADED)
+
+        async with person(browser, console, OPERATOR_TOKEN, shot="01-login") as olga:
+            await olga.page.wait_for_selector("figure.chart svg rect")
+            await olga.shot("02-overview")
+            await olga.page.click("nav >> text=Callbacks")
+            await olga.page.fill("input[name=analysis_id]", analysis)
+            await olga.page.click("form.filters button[type=submit]")
+            results = olga.page.locator("table.results tbody tr")
+            assert await results.count() == 3
+            await olga.shot("03-callbacks-by-analysis")
+            await olga.page.click(f"text={ids[0]}")
+            await olga.page.wait_for_url(f"{olga.base}/callbacks/{ids[0]}")
+            history = olga.page.locator("#versions tbody tr")
+            assert await history.count() == 3
+            texts = [await history.nth(i).inner_text() for i in range(3)]
+            for version_id, text in zip(ids[:3], texts, strict=True):
+                assert version_id in text and "ingested" in text
+            assert "stored version" in texts[2] and "(this one)" in texts[0]
+            assert "version 1" in await olga.page.locator("pre.body").inner_text()
+            await olga.shot("04-callback-with-versions")
+            assert not olga.csp_violations, olga.csp_violations
+
+        async with person(browser, console, VIEWER_TOKEN, viewport={"width": 390, "height": 844}) as phone:
+            await phone.shot("05-overview-on-a-phone")
+            await phone.open(f"/callbacks/{ids[2]}")
+            await phone.shot("06-callback-on-a-phone")
+
+    async def test_dead_letter_replay_after_a_fix_and_purge(self, browser, console, gateway, http,  # noqa: F811
+                                                            db, broker, start_worker):
+        # A constraint deployed by mistake refuses one analysis: the worker dead-letters it (stage database).
+        await db.execute("""
+            CREATE FUNCTION flowscribe.test_refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                IF NEW.conversation_text LIKE 'refuse me%' THEN
+                    RAISE check_violation USING MESSAGE = 'refused by a mistaken constraint';
+                END IF;
+                RETURN NEW;
+            END $$;
+            CREATE TRIGGER test_refuse BEFORE INSERT ON flowscribe.analyses
+                FOR EACH ROW EXECUTE FUNCTION flowscribe.test_refuse();
+        """)
+        try:
+            start_worker()
+            analysis = str(uuid.uuid4())
+            refused = await post(http, gateway, versioned(2, analysis_id=analysis, text="refuse me please"))
+            poison = await post(http, gateway, POISON)
+            await eventually(lambda: _equals(depth(broker, topology.DEAD_LETTER_QUEUE), 2), what="two dead letters",
+                             timeout=LOADED)
+        finally:
+            await db.execute("DROP TRIGGER IF EXISTS test_refuse ON flowscribe.analyses;"
+                             " DROP FUNCTION IF EXISTS flowscribe.test_refuse()")  # the fix
+
+        async with person(browser, console, OPERATOR_TOKEN) as olga:
+            await olga.page.click("nav >> text=Dead letters")
+            assert await olga.page.locator("article.letter").count() == 2
+            await olga.shot("07-dead-letters")
+            await olga.page.fill("input[name=reason]", "mistaken constraint")
+            await olga.page.click("form.filters button[type=submit]")
+            letters = olga.page.locator("article.letter")
+            assert await letters.count() == 1 and refused in await letters.inner_text()
+            assert "database" in await letters.inner_text()
+            await olga.shot("08-dead-letters-by-reason")
+
+            await olga.page.click("text=Replay selection")
+            await olga.page.wait_for_url("**/previews/**")
+            preview = await olga.page.locator("table.preview").inner_text()
+            assert refused in preview and "new analysis" in preview and poison not in preview
+            await olga.shot("09-replay-preview")
+            # A preview changes nothing (the letters it read are handed back to the queue, asynchronously).
+            await eventually(lambda: _equals(depth(broker, topology.DEAD_LETTER_QUEUE), 2), what="both still there")
+
+            await olga.page.click("text=Confirm: replay 1 message")
+            await olga.page.wait_for_url("**/jobs/**")
+            await olga.page.wait_for_selector("text=finished", timeout=LOADED * 1000)  # the page follows the job
+            assert "replayed 1, skipped 0, failed 0" in await olga.page.locator("#output").inner_text()
+            await olga.shot("10-replay-job")
+            await eventually(lambda: rows_in(db, "SELECT count(*) = 1 FROM flowscribe.callbacks WHERE id = $1"
+                                             " AND outcome = 'ingested'", uuid.UUID(refused)),
+                             what="the replayed callback to land", timeout=LOADED)
+
+            await olga.open(f"/dead-letters/{poison}")
+            assert "decodes now" in (await olga.page.inner_text("table.kv")).lower()
+            await olga.shot("11-dead-letter")
+            await olga.page.click("text=Purge…")
+            await olga.page.wait_for_url("**/previews/**")
+            assert poison in await olga.page.locator("table.preview").inner_text()
+            await olga.shot("12-purge-preview")
+            await olga.page.click("text=Confirm: purge 1 message")
+            await olga.page.wait_for_selector("text=finished", timeout=LOADED * 1000)
+            assert "purged 1" in await olga.page.locator("#output").inner_text()
+            await eventually(lambda: _equals(depth(broker, topology.DEAD_LETTER_QUEUE), 0), what="the purge")
+            await olga.open("/jobs")
+            await olga.shot("13-jobs")
+            assert not olga.csp_violations, olga.csp_violations
+        assert await rows_in(db, "SELECT count(*) FROM flowscribe.callbacks") == 1  # replayed once, stored once
+
+    async def test_a_viewer_cannot_replay_and_a_forged_post_is_refused(self, browser, console, broker):  # noqa: F811
+        from tests.test_ops import dead_letter
+
+        await dead_letter(broker, versioned(1, analysis_id=str(uuid.uuid4())))
+        async with person(browser, console, VIEWER_TOKEN) as victor:
+            await victor.open("/dead-letters")
+            assert await victor.page.locator("article.letter").count() == 1
+            assert await victor.page.locator("text=Replay selection").count() == 0
+            await victor.shot("14-dead-letters-as-viewer")
+            token = await victor.page.locator("input[name=csrf]").first.get_attribute("value")
+            refused = await victor.page.request.post(f"{victor.base}/dead-letters/replay",
+                                                     form={"csrf": token, "all": "1"}, max_redirects=0)
+            assert refused.status == 403 and "may only view" in await refused.text()
+        async with person(browser, console, OPERATOR_TOKEN) as olga:
+            # Logged in, but the request does not carry the session's CSRF token: refused.
+            forged = await olga.page.request.post(f"{olga.base}/dead-letters/purge", form={"all": "1"},
+                                                  max_redirects=0)
+            assert forged.status == 403 and "CSRF" in await forged.text()
+        await eventually(lambda: _equals(depth(broker, topology.DEAD_LETTER_QUEUE), 1), what="the letter untouched")
+
+    async def test_a_script_in_a_body_renders_inert(self, browser, console, gateway, http, db, broker,  # noqa: F811
+                                                    start_worker):
+        start_worker()
+        stored = await post(http, gateway, versioned(1, analysis_id=str(uuid.uuid4()), text=HOSTILE))
+        xml = ("<?xml version='1.0'?><!DOCTYPE r [<!ENTITY e 'x'>]><r><script>window.__pwned = 3</script>"
+               f"<a onclick=\"window.__pwned = 4\">{HOSTILE.replace('<', '&lt;')}</a>&e;</r>").encode()
+        letter = await post(http, gateway, xml, "application/xml")
+        await eventually(lambda: rows_in(db, "SELECT count(*) = 1 FROM flowscribe.callbacks"), what="stored",
+                         timeout=LOADED)
+        await eventually(lambda: _equals(depth(broker, topology.DEAD_LETTER_QUEUE), 1), what="dead-lettered",
+                         timeout=LOADED)
+        async with person(browser, console, OPERATOR_TOKEN) as olga:
+            for path, shot in [(f"/callbacks/{stored}", "15-hostile-callback"), (f"/dead-letters/{letter}", None),
+                               ("/dead-letters", None), ("/", None)]:
+                await olga.open(path)
+                for details in await olga.page.locator("details").all():
+                    await details.locator("summary").click()  # open every body, as a curious operator would
+                shown = olga.page.locator("pre.body:visible")
+                for i in range(await shown.count()):
+                    await shown.nth(i).hover()
+                assert await olga.page.evaluate("window.__pwned") is None, path
+                assert await olga.page.locator("img, r, a[onclick]").count() == 0, path
+                if shot:
+                    assert "<script>window.__pwned = 1</script>" in await olga.page.locator("pre.body").inner_text()
+                    await olga.shot(shot)
+
+
+async def _equals(awaitable: Any, expected: int) -> bool:
+    return await awaitable == expected
