@@ -28,7 +28,7 @@ from gateway.app import create_app
 from runtime.amqp import connect_any
 from schemas import topology
 from store.migrations import migrate
-from tests.conftest import RunningWorker
+from tests.conftest import SIDE_TABLES, TABLES, RunningWorker
 from tests.faults.checker import (
     ALL_QUEUES,
     REPORT,
@@ -249,9 +249,7 @@ async def pair_database(pg_pair: PrivatePostgresPair) -> str:
 @pytest.fixture
 async def pair_db(pair_database: str) -> AsyncIterator[asyncpg.Pool]:
     async with asyncpg.create_pool(pair_database, min_size=1, max_size=2) as pool:
-        await pool.execute("TRUNCATE flowscribe.callbacks, flowscribe.jobs, flowscribe.analyses,"
-                           " flowscribe.sentences, flowscribe.sentence_entities, flowscribe.sentence_intents,"
-                           " flowscribe.sentence_keywords, flowscribe.sentence_scorings, flowscribe.sentence_topics")
+        await pool.execute("TRUNCATE " + ", ".join(f"flowscribe.{t}" for t in (*TABLES, *SIDE_TABLES)))
         yield pool
 
 
