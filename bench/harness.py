@@ -27,7 +27,7 @@ import subprocess
 import sys
 import time
 import traceback
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -540,12 +540,13 @@ PHASES = {"gateway": phase_gateway, "worker": phase_worker, "scaling": phase_sca
           "backlog": phase_backlog}
 
 
-# A step run after the phases, on the same services and bodies (bench/profile.py's run):
-# passed in by bench/__main__.py, so that this module never imports the profiler that imports it.
+# Steps run after the phases, on the same services and bodies, by name (bench/profile.py's run,
+# bench/analytics.py's run): passed in by bench/__main__.py, only those asked for, so that this
+# module never imports the modules that import it.
 Extra = Callable[[Services, "Bodies", Path, bool], Awaitable[dict[str, Any]]]
 
 
-async def main_async(args: argparse.Namespace, profile: Extra | None = None) -> int:
+async def main_async(args: argparse.Namespace, extras: Mapping[str, Extra] | None = None) -> int:
     cfg = QUICK if args.quick else FULL
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
     out = OUT / f"{stamp}-{cfg.name}"
@@ -575,14 +576,14 @@ async def main_async(args: argparse.Namespace, profile: Extra | None = None) -> 
                 results[name] = {"error": f"{type(e).__name__}: {e}"}
             results.setdefault("phase_seconds", {})[name] = round(time.monotonic() - t, 1)
             (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
-        if profile is not None and (args.profile or (args.only and "profile" in args.only)):
+        for name, extra in (extras or {}).items():
             t = time.monotonic()
             try:
-                results["profile"] = await profile(services, bodies, out, args.quick)
+                results[name] = await extra(services, bodies, out, args.quick)
             except Exception as e:  # noqa: BLE001
                 traceback.print_exc()
-                results["profile"] = {"error": f"{type(e).__name__}: {e}"}
-            results.setdefault("phase_seconds", {})["profile"] = round(time.monotonic() - t, 1)
+                results[name] = {"error": f"{type(e).__name__}: {e}"}
+            results.setdefault("phase_seconds", {})[name] = round(time.monotonic() - t, 1)
     finally:
         await services.close()
         say(f"database and vhost {services.name} dropped")

@@ -114,6 +114,16 @@ def _no_per_message_logs() -> None:
             lambda record: record.levelno > logging.INFO or record.msg not in per_message)
 
 
+def _no_summaries() -> None:
+    """The worker as it was before the analytics summaries: the baseline of their cost."""
+    import store.batch
+
+    async def write_nothing(conn: object, analysis_ids: list[object]) -> dict[str, int]:
+        return {}
+
+    store.batch.write_summaries = write_nothing  # type: ignore[assignment]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("command", choices=["gateway", "worker"])
@@ -123,7 +133,11 @@ def main() -> int:
     parser.add_argument("--no-per-message-logs", action="store_true", help="drop the info lines logged per callback")
     parser.add_argument("--plan-cache-mode", choices=["auto", "force_custom_plan", "force_generic_plan"],
                         help="worker: PostgreSQL plan_cache_mode on its pool")
+    parser.add_argument("--no-summaries", action="store_true",
+                        help="worker: skip the analytics summaries (their cost's baseline)")
     args = parser.parse_args()
+    if args.no_summaries:
+        _no_summaries()
     if args.no_per_message_logs:
         _no_per_message_logs()
     if args.plan_cache_mode:

@@ -26,7 +26,7 @@ from runtime.settings import Secrets, Settings, SettingsError
 # The long-running processes (deploy/ runs these): name -> (handler, what it does, the settings it reads).
 COMMANDS = {
     "migrate": ("flowscribe_ingest.commands:migrate", "create the database if needed and apply pending migrations",
-                ("database_url", "log_format", "log_level")),
+                ("database_url", "reporting_time_zone", "log_format", "log_level")),
     "gateway": ("flowscribe_ingest.commands:gateway", "serve the callback endpoint until SIGTERM/SIGINT",
                 gateway.SETTINGS_READ),
     "worker": ("flowscribe_ingest.commands:worker", "consume callbacks into PostgreSQL until SIGTERM/SIGINT",

@@ -37,15 +37,19 @@ def _process(run: Callable[[Settings], int]) -> Callable[[Settings, argparse.Nam
 
 @_process
 def migrate(settings: Settings) -> int:
-    """Create the database if needed and apply pending migrations."""
+    """Create the database if needed, apply pending migrations and the reporting time zone."""
     from ops.connect import CANNOT_CONNECT, unreachable
+    from store.analytics import UnknownTimeZone
     from store.migrations import migrate as apply_migrations
 
     try:
-        applied = asyncio.run(apply_migrations(settings.database_url))
+        applied = asyncio.run(apply_migrations(settings.database_url, settings.reporting_time_zone))
     except CANNOT_CONNECT as e:
         # Said as the ops commands say it: one line with what to check, no traceback.
         print(f"flowscribe-ingest: {unreachable('PostgreSQL', settings.database_url, e)}", file=sys.stderr)
+        return 1
+    except UnknownTimeZone as e:
+        print(f"flowscribe-ingest migrate: FLOWSCRIBE_REPORTING_TIME_ZONE: {e}", file=sys.stderr)
         return 1
     log.info("database up to date", extra={"applied_now": applied})
     return 0

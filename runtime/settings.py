@@ -275,6 +275,12 @@ class Settings:
         "FLOWSCRIBE_SHUTDOWN_TIMEOUT", 30.0, _positive_float,
         "Seconds a stopping process waits for work in hand; what is left returns to the queue.",
     )
+    reporting_time_zone: str = _setting(
+        "FLOWSCRIBE_REPORTING_TIME_ZONE", "", str,
+        "Time zone whose calendar days the analytics views report in (`Europe/London`,"
+        " `America/New_York`: a name PostgreSQL knows). Applied by `migrate`, which moves every"
+        " stored day to it; empty: keep the database's (`UTC` at first).",
+    )
     log_format: str = _setting(
         "FLOWSCRIBE_LOG_FORMAT", "auto", _choice("auto", "json", "text"),
         "`json` (one object per line), `text`, or `auto` (text on a terminal, else json).",

@@ -68,14 +68,19 @@ def lock_keys(callbacks: list[Callback]) -> list[int]:
     return sorted(keys)
 
 
+async def lock(conn: Connection, keys: list[int]) -> None:
+    """Transaction-scoped advisory locks on ``keys``, taken in sorted order (no deadlocks among us)."""
+    await conn.execute(
+        "SELECT count(pg_advisory_xact_lock(k))"
+        " FROM (SELECT k FROM unnest($1::bigint[]) AS k ORDER BY k) AS keys",
+        keys,
+    )
+
+
 async def write_batch(conn: Connection, callbacks: list[Callback]) -> BatchResult:
     """Decide and write ``callbacks`` in one transaction; nothing is written if it raises."""
     async with conn.transaction():
-        await conn.execute(
-            "SELECT count(pg_advisory_xact_lock(k))"
-            " FROM (SELECT k FROM unnest($1::bigint[]) AS k ORDER BY k) AS keys",
-            lock_keys(callbacks),
-        )
+        await lock(conn, lock_keys(callbacks))
         stored = await read_stored(conn, callbacks)
         plan = decide(callbacks, stored)
         rows = await _write(conn, plan, set(stored.versions))
@@ -88,6 +93,21 @@ async def _copy(conn: Connection, table: str, columns: list[str], records: list[
             table, schema_name=SCHEMA, columns=columns, records=records
         )
     return len(records)
+
+
+async def write_summaries(conn: Connection, analysis_ids: list[uuid.UUID]) -> dict[str, int]:
+    """(Re)write the per-conversation summaries the analytics views read (migration 0003).
+
+    Computed by PostgreSQL from the rows just written, in the same transaction: exactly as
+    current as the rows, and one definition shared with the migration that backfills them.
+    In Python from the decoded payloads it cost more CPU, most of it the worker's
+    (bench/ANALYTICS.md). Returns the rows written per table.
+    """
+    if not analysis_ids:
+        return {}
+    written = await conn.fetchrow(f"SELECT * FROM {SCHEMA}.summarise($1::uuid[])", analysis_ids)
+    assert written is not None
+    return {"conversation_summaries": written["summaries"], "conversation_terms": written["terms"]}
 
 
 async def _write(conn: Connection, plan: Plan, stored: set[uuid.UUID]) -> dict[str, int]:
@@ -103,6 +123,7 @@ async def _write(conn: Connection, plan: Plan, stored: set[uuid.UUID]) -> dict[s
     for table, (attribute, columns) in CHILD_COLUMNS.items():
         records = [row for cb in winners for row in child_rows(cb.analysis, attribute)]  # type: ignore[arg-type]
         rows[table] = await _copy(conn, table, columns, records)
+    rows.update(await write_summaries(conn, list(plan.winners)))
 
     if plan.jobs:
         jobs = list(plan.jobs.values())

@@ -13,6 +13,8 @@ from importlib import resources
 
 import asyncpg
 
+from store.analytics import set_reporting_time_zone, summarise_missing
+
 log = logging.getLogger("schemas.migrations")  # the name in the log schema, from before the move
 
 # Any constant works; it only has to be the same for every runner.
@@ -56,8 +58,8 @@ async def ensure_database(dsn: str) -> bool:
     return True
 
 
-async def migrate(dsn: str) -> list[str]:
-    """Apply pending migrations; return the versions applied now."""
+async def migrate(dsn: str, reporting_time_zone: str = "") -> list[str]:
+    """Apply pending migrations, then the reporting time zone if one is given; return the versions applied now."""
     await ensure_database(dsn)
     conn = await asyncpg.connect(dsn)
     applied_now: list[str] = []
@@ -83,6 +85,9 @@ async def migrate(dsn: str) -> list[str]:
                 )
             applied_now.append(version)
             log.info("migration applied", extra={"version": version})
+        if reporting_time_zone:
+            await set_reporting_time_zone(conn, reporting_time_zone)
+        await summarise_missing(conn)
     finally:
         await conn.close()
     return applied_now

@@ -183,6 +183,12 @@ class CliProcess:
         if self.process.returncode is None:
             self.process.send_signal(sig)
 
+    async def exited(self, timeout: float = 60.0) -> int:
+        """The exit code of a command that ends by itself (all its output collected)."""
+        code = await asyncio.wait_for(self.process.wait(), timeout)
+        await self._reader
+        return code
+
     async def stop(self, timeout: float = 30.0) -> int:
         """SIGTERM, then the exit code (killed, and the test failed, if it does not exit in time)."""
         import signal

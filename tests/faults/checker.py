@@ -170,12 +170,14 @@ class Verdict:
     poison_dead_lettered: int
     good_dead_lettered: int
     dead_letters_without_reason: int
+    unsummarised: int  # stored analyses without their analytics summary, or summaries without one
 
     @property
     def passed(self) -> bool:
         return (
             self.lost == 0 and self.unexpected == 0 and self.duplicated == 0 and self.queued == 0
             and self.good_dead_lettered == 0 and self.dead_letters_without_reason == 0
+            and self.unsummarised == 0
         )
 
     def line(self, scenario: str) -> str:
@@ -226,6 +228,7 @@ async def check(history: History, db: asyncpg.Pool, channel: aio_pika.abc.Abstra
         "SELECT count(*) FROM (SELECT analysis_id, id FROM flowscribe.sentences"
         " GROUP BY 1, 2 HAVING count(*) > 1) AS d"
     )
+    summarised = {r[0] for r in await db.fetch("SELECT analysis_id FROM flowscribe.conversation_summaries")}
     dead = await channel.get_queue(topology.DEAD_LETTER_QUEUE)
     dead_ids: set[uuid.UUID] = set()
     without_reason = 0
@@ -251,6 +254,7 @@ async def check(history: History, db: asyncpg.Pool, channel: aio_pika.abc.Abstra
         poison_dead_lettered=len(dead_ids & history.poison),
         good_dead_lettered=len(dead_ids - history.poison),
         dead_letters_without_reason=without_reason,
+        unsummarised=len(stored ^ summarised),
     )
 
 

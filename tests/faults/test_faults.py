@@ -250,7 +250,7 @@ class TestServerRestarts:
         await migrate(database_url)
         async with asyncpg.create_pool(database_url, min_size=1, max_size=2) as private_db:
             await private_db.execute("TRUNCATE flowscribe.callbacks, flowscribe.jobs, flowscribe.analyses,"
-                                     " flowscribe.sentences")
+                                     " flowscribe.sentences, flowscribe.conversation_summaries")
             running = dataclasses.replace(settings, database_url=database_url, database_retry_max_delay=1.0)
             workers = [RunningWorker(running) for _ in range(2)]
             sending = asyncio.create_task(send_callbacks(http, callback_url(gateway), 1500, concurrency=8))
