@@ -7,7 +7,10 @@ Phases (each a function below; results go to bench/out/results.json as they come
 - worker: drain of a pre-filled queue per size (and typical XML); raw COPY ceiling and naive baseline;
 - scaling: 1 vs 2 worker processes on the same backlog;
 - e2e: the sustained maximum of gateway + worker together, then the lag at half of it;
-- backlog: a worker's peak RSS while draining a large backlog.
+- backlog: a worker's peak RSS while draining a large backlog;
+- memory (only with ``--only memory``): a worker's peak RSS under a flood of maximum-size
+  callbacks with the default byte and row budgets and without them, and the drain rate of
+  ordinary callbacks with and without them (interleaved, same run).
 
 Then RESULTS.md and results.png are written next to this file (bench/report.py).
 """
@@ -70,6 +73,7 @@ class Config:
     e2e_half_seconds: float
     backlog: int
     repeats: int  # gateway and its ceilings, interleaved, averaged: drift hits all alike
+    memory_flood: int  # maximum-size callbacks in the memory phase's flood
 
 
 FULL = Config(
@@ -78,7 +82,7 @@ FULL = Config(
     worker_n={"small": 3000, "typical": 400, "large": 40}, xml_n=400,
     naive_n={"small": 200, "typical": 20, "large": 3},
     scaling_n=1200, e2e_sizes=("small", "typical"), e2e_max_seconds=10, e2e_half_seconds=20,
-    backlog=100_000, repeats=2,
+    backlog=100_000, repeats=2, memory_flood=12,
 )
 QUICK = Config(
     name="quick", gateway_seconds=4, warmup_seconds=1,
@@ -86,7 +90,7 @@ QUICK = Config(
     worker_n={"small": 1000, "typical": 120, "large": 12}, xml_n=120,
     naive_n={"small": 60, "typical": 6, "large": 1},
     scaling_n=500, e2e_sizes=("small", "typical"), e2e_max_seconds=4, e2e_half_seconds=8,
-    backlog=10_000, repeats=1,
+    backlog=10_000, repeats=1, memory_flood=6,
 )
 
 
@@ -536,8 +540,50 @@ async def phase_backlog(services: Services, cfg: Config, bodies: Bodies, out: Pa
     return r
 
 
+# Budgets so large they never apply: the worker as it was before it had them.
+UNBOUNDED: dict[str, Any] = {"worker_max_held_bytes": 2**62, "worker_max_held_rows": 2**62}
+
+
+async def phase_memory(services: Services, cfg: Config, bodies: Bodies, out: Path) -> dict[str, Any]:
+    """A flood of the densest maximum-size callbacks, then ordinary drains; each with the default
+    byte and row budgets and without them (interleaved, same run)."""
+    from runtime.settings import Settings
+
+    limit = Settings().max_body_bytes
+    dense = [payloads.densest(seed, limit) for seed in range(TEMPLATES)]
+    rendered = [payloads.to_json(d) for d in dense]
+    say(f"memory: flood of {cfg.memory_flood} x {len(rendered[0]):,} B ({payloads.rows_of(dense[0]):,} rows each)")
+
+    def flood() -> Iterator[tuple[bytes, int]]:
+        for i in itertools.count():
+            k = i % TEMPLATES
+            yield payloads.variant(rendered[k], dense[k], i), payloads.rows_of(dense[k])
+
+    results: dict[str, Any] = {"body_bytes": len(rendered[0]), "rows_per_body": payloads.rows_of(dense[0])}
+    variants: tuple[tuple[str, dict[str, Any]], ...] = (("bounded", {}), ("unbounded", UNBOUNDED))
+    for label, settings in variants:
+        results[f"flood_{label}"] = await drain(services, out, f"memory-flood-{label}", flood(), cfg.memory_flood,
+                                                "application/json", **settings)
+    for size in ("typical", "small"):
+        runs: dict[str, list[float]] = {"bounded": [], "unbounded": []}
+        for _ in range(cfg.repeats):
+            for label, settings in variants:
+                r = await drain(services, out, f"memory-{size}-{label}", bodies.variants(size, "json"),
+                                cfg.worker_n[size], "application/json", **settings)
+                runs[label].append(r["payloads_per_s"])
+        mean = {label: sum(v) / len(v) for label, v in runs.items()}
+        results[f"{size}_payloads_per_s"] = runs
+        results[f"{size}_ratio"] = round(mean["bounded"] / mean["unbounded"], 3)
+        say(f"  {size}: bounded / unbounded = {results[f'{size}_ratio']}x ({runs})")
+    peak = {label: max(results[f"flood_{label}"]["peak_rss_mb"].values()) for label in ("bounded", "unbounded")}
+    say(f"  flood peak RSS: bounded {peak['bounded']} MB, unbounded {peak['unbounded']} MB")
+    return results
+
+
 PHASES = {"gateway": phase_gateway, "worker": phase_worker, "scaling": phase_scaling, "e2e": phase_e2e,
-          "backlog": phase_backlog}
+          "backlog": phase_backlog, "memory": phase_memory}
+# Run only when named (--only memory): minutes of 16 MiB callbacks, not part of the full run's report.
+OPT_IN = {"memory"}
 
 
 # Steps run after the phases, on the same services and bodies, by name (bench/profile.py's run,
@@ -566,7 +612,7 @@ async def main_async(args: argparse.Namespace, extras: Mapping[str, Extra] | Non
     started = time.monotonic()
     try:
         for name, phase in PHASES.items():
-            if args.only and name not in args.only:
+            if (args.only and name not in args.only) or (name in OPT_IN and not args.only):
                 continue
             t = time.monotonic()
             try:

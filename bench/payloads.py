@@ -32,6 +32,7 @@ __all__ = [
     "Size",
     "body",
     "build",
+    "densest",
     "render",
     "rows_of",
     "to_json",
@@ -212,6 +213,23 @@ def build(size: str, seed: int) -> dict[str, Any]:
             "DateCreated": _when(base, 0),
         },
     }
+
+
+def densest(seed: int, max_bytes: int) -> dict[str, Any]:
+    """A valid payload of as many rows as fit in ``max_bytes`` of JSON: keywords with nothing but an ID.
+
+    The worst case for a worker's memory per body byte (a row per ~55 bytes, as in
+    the outside test that took a worker to 709 MiB with eight such callbacks);
+    not what the vendor sends, what a body within the gateway's limit can hold.
+    """
+    rng = random.Random(f"densest:{seed}")
+    payload = {"Success": True, "JobStatus": {"JobID": _uuid(rng), "Success": True, "ErrorMsg": None},
+               "ConversationAnalysisModel": {"ID": _uuid(rng), "ConversationSentenceKeywords": []}}
+    empty = len(to_json(payload))
+    per_item = len(to_json({"ID": _uuid(rng)})) + 1  # and its comma
+    payload["ConversationAnalysisModel"]["ConversationSentenceKeywords"] = [
+        {"ID": _uuid(rng)} for _ in range((max_bytes - empty) // per_item)]
+    return payload
 
 
 def rows_of(payload: dict[str, Any]) -> int:

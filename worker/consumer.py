@@ -15,6 +15,10 @@ message to another queue worker.moving's, putting a worker together worker.main'
 - A database that cannot be reached is nobody's fault: the batch is held and
   retried with growing pauses until the database is back. The worker takes no
   new work meanwhile (prefetch is full), so nothing is dead-lettered for it.
+- What a worker holds is bounded by its settings, not by what callbacks
+  contain (worker.budget): a delivery past FLOWSCRIBE_WORKER_MAX_HELD_BYTES of
+  bodies goes straight back to the queue and the consumer is started again with
+  less credit; a batch closes at FLOWSCRIBE_WORKER_MAX_HELD_ROWS decoded rows.
 - On stop: cancel the consumer, land what is in hand within the shutdown
   timeout, and close; anything not acked by then is redelivered by the broker.
 """
@@ -28,7 +32,7 @@ import os
 import socket
 import time
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -41,10 +45,12 @@ from runtime.settings import Settings
 from schemas import topology
 from schemas.decoding import PayloadDecodeError
 from schemas.message import Callback, InvalidMessage, to_callback
+from schemas.payload import CHILD_TABLES
 from schemas.topology import Topology
 from store.batch import BatchResult
 from store.outcomes import Outcome
 from worker.acks import AckWindow
+from worker.budget import BodyBudget, RowBudget
 from worker.drift_log import DriftLog
 from worker.failures import Fault
 from worker.landing import Landing
@@ -57,6 +63,14 @@ T = TypeVar("T")
 
 # Batches a worker writes at once (each on its own pooled connection).
 WRITES_IN_FLIGHT = 2
+
+
+def _rows_of(callback: Callback) -> int:
+    """Rows ``callback`` holds decoded: what the row budget counts."""
+    analysis = callback.analysis
+    if analysis is None:
+        return 1
+    return 1 + sum(len(getattr(analysis, attribute) or ()) for attribute in CHILD_TABLES)
 
 
 def _channel_open(message: AbstractIncomingMessage) -> bool:
@@ -73,8 +87,17 @@ class Worker:
         self._settings = settings
         self._drift: DriftLog | None = None  # checks a sample of the callbacks for fields the Structs do not know
         self._inbox: asyncio.Queue[AbstractIncomingMessage | None] = asyncio.Queue()
+        self._carried: deque[AbstractIncomingMessage] = deque()  # left out of a batch closed by the row budget
         self._consumer: tuple[AbstractQueue, str] | None = None
         self._window: AckWindow | None = None  # the current channel's unsettled deliveries
+        self._channel: AbstractChannel | None = None
+        self._queue: AbstractQueue | None = None
+        self._credit = 0  # the current consumer's prefetch
+        self._seen = 0  # deliveries since it started
+        self._subscribing = asyncio.Lock()
+        self._resubscription: asyncio.Task[None] | None = None
+        self.bodies = BodyBudget(settings.worker_max_held_bytes, settings.worker_prefetch, settings.max_body_bytes)
+        self.rows = RowBudget(settings.worker_max_held_rows)
         self._broker: BrokerSession[Topology] | None = None
         self._stopping = False
         self._give_up_at = float("inf")
@@ -102,15 +125,79 @@ class Worker:
         """Start consuming on a (new) channel; called by the broker session on every connect."""
         if self._stopping:
             return
-        window = self._window = AckWindow()
+        self._window = AckWindow()
+        self._channel, self._queue = channel, declared.callback_queue
+        self._consumer = None  # the previous channel's, if any, went with it
+        await self._subscribe()
+        log.info("consuming", extra={"queue": topology.CALLBACK_QUEUE, "prefetch": self._credit})
 
-        async def deliver(message: AbstractIncomingMessage) -> None:
-            window.delivered(message)
-            await self._inbox.put(message)
+    async def _subscribe(self) -> None:
+        """(Re)start the consumer with the credit the body budget allows now; none while it allows none.
 
-        tag = await declared.callback_queue.consume(deliver)
-        self._consumer = (declared.callback_queue, tag)
-        log.info("consuming", extra={"queue": topology.CALLBACK_QUEUE})
+        RabbitMQ applies a prefetch to the consumers started after it, so another
+        credit takes another consumer. Deliveries already on their way to the old
+        one still arrive (before the broker's CancelOk) and are handled as usual.
+        """
+        async with self._subscribing:
+            channel, queue, window = self._channel, self._queue, self._window
+            if self._stopping or channel is None or queue is None or window is None:
+                return
+            if self._consumer is not None:
+                old, tag = self._consumer
+                self._consumer = None
+                await old.cancel(tag)
+            credit = self.bodies.prefetch()
+            if credit == 0:
+                return  # paused: _finished starts it again once bodies are released
+
+            async def deliver(message: AbstractIncomingMessage) -> None:
+                await self._deliver(window, message)
+
+            await channel.set_qos(prefetch_count=credit)
+            tag = await queue.consume(deliver)
+            self._consumer, self._credit, self._seen = (queue, tag), credit, 0
+
+    async def _cancel_consumer(self) -> None:
+        async with self._subscribing:  # a restart under way finishes first; none starts after (stopping)
+            if self._consumer is not None:
+                queue, tag = self._consumer
+                self._consumer = None
+                await queue.cancel(tag)
+
+    def _resubscribe_soon(self) -> None:
+        """Start the consumer again in the background (once, however many ask meanwhile)."""
+        if self._resubscription is None or self._resubscription.done():
+            self._resubscription = asyncio.create_task(self._resubscribe())
+
+    async def _resubscribe(self) -> None:
+        try:
+            await self._subscribe()
+        except Exception as e:  # noqa: BLE001 - a channel that died is attached again by the broker session
+            log.warning("restarting the consumer failed", extra={"reason": describe(e)})
+
+    async def _deliver(self, window: AckWindow, message: AbstractIncomingMessage) -> None:
+        window.delivered(message)
+        self._seen += 1
+        if not self.bodies.admit(len(message.body)):
+            # Past the byte budget: straight back to the queue (for another worker,
+            # or this one once it has room), and no more credit until then.
+            await self._nack(message)
+            self._resubscribe_soon()
+            return
+        await self._inbox.put(message)
+        if self.bodies.resize(self._credit, self._seen):
+            self._resubscribe_soon()
+
+    def _finished(self, batch: list[AbstractIncomingMessage], rows: int) -> None:
+        """The worker is done with ``batch``: its bodies and rows no longer count."""
+        for message in batch:
+            self.bodies.release(len(message.body))
+        self.rows.release(rows)
+        if self._stopping:
+            return
+        paused = self._consumer is None and self.bodies.prefetch() > 0
+        if paused or self.bodies.resize(self._credit, self._seen):
+            self._resubscribe_soon()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Work until ``stop`` is set, then land what is in hand and return."""
@@ -127,17 +214,30 @@ class Worker:
                 batch = await self._collect()
                 if not batch:
                     continue
+                # Decoded rows are bounded too: no decoding while the batches being written hold the limit.
+                while writing and self.rows.full():
+                    _done, writing = await asyncio.wait(writing, return_when=asyncio.FIRST_COMPLETED)
                 prepared = await self._guarded(self._prepare(batch), batch)
                 if not prepared:
+                    self._finished(batch, 0)
                     continue
                 while len(writing) >= WRITES_IN_FLIGHT:
                     _done, writing = await asyncio.wait(writing, return_when=asyncio.FIRST_COMPLETED)
-                writing.add(asyncio.create_task(self._guarded(self._land(*prepared), batch)))
+                writing.add(asyncio.create_task(self._write(prepared, batch)))
             if writing:
                 await asyncio.wait(writing)
         finally:
             wake.cancel()
         await self._shutdown()
+
+    async def _write(
+        self, prepared: tuple[list[Callback], dict[uuid.UUID, AbstractIncomingMessage]],
+        batch: list[AbstractIncomingMessage],
+    ) -> None:
+        try:
+            await self._guarded(self._land(*prepared), batch)
+        finally:
+            self._finished(batch, sum(map(_rows_of, prepared[0])))
 
     async def _wake_on(self, stop: asyncio.Event) -> None:
         await stop.wait()
@@ -145,10 +245,12 @@ class Worker:
 
     async def _collect(self) -> list[AbstractIncomingMessage]:
         """The next batch: wait for one message, then take more until full or the wait is over."""
-        first = await self._inbox.get()
+        first = self._carried.popleft() if self._carried else await self._inbox.get()
         if first is None:
             return []
         batch = [first]
+        while self._carried and len(batch) < self._settings.batch_size:
+            batch.append(self._carried.popleft())
         deadline = time.monotonic() + self._settings.batch_wait
         while len(batch) < self._settings.batch_size:
             try:
@@ -169,22 +271,24 @@ class Worker:
     async def _shutdown(self) -> None:
         self._stopping = True
         self._give_up_at = time.monotonic() + self._settings.shutdown_timeout
-        if self._consumer is not None:
-            queue, tag = self._consumer
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(queue.cancel(tag), 2.0)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._cancel_consumer(), 2.0)
         in_hand = 0
-        while not self._inbox.empty():
+        while self._carried or not self._inbox.empty():
             batch = [m for m in self._drain(self._settings.batch_size) if m is not None]
             in_hand += len(batch)
             if batch and time.monotonic() < self._give_up_at:
                 await self._process_safely(batch)
         log.info("worker stopped", extra={"landed_on_stop": in_hand, **self.outcomes,
                                           "acked": self.acks["messages"], "ack_frames": self.acks["frames"],
-                                          "left_for_redelivery": self.unsettled})
+                                          "left_for_redelivery": self.unsettled,
+                                          "peak_held_bytes": self.bodies.peak, "peak_held_rows": self.rows.peak,
+                                          "handed_back": self.bodies.handed_back})
 
     def _drain(self, limit: int) -> list[AbstractIncomingMessage | None]:
         taken: list[AbstractIncomingMessage | None] = []
+        while len(taken) < limit and self._carried:
+            taken.append(self._carried.popleft())
         while len(taken) < limit and not self._inbox.empty():
             taken.append(self._inbox.get_nowait())
         return taken
@@ -204,7 +308,9 @@ class Worker:
     async def _process_safely(self, batch: list[AbstractIncomingMessage]) -> None:
         prepared = await self._guarded(self._prepare(batch), batch)
         if prepared:
-            await self._guarded(self._land(*prepared), batch)
+            await self._write(prepared, batch)
+        else:
+            self._finished(batch, 0)
 
     async def _prepare(
         self, batch: list[AbstractIncomingMessage]
@@ -212,7 +318,8 @@ class Worker:
         """Decode a batch; poison is dead-lettered here. None when nothing is left to write."""
         messages: dict[uuid.UUID, AbstractIncomingMessage] = {}
         callbacks: list[Callback] = []
-        for message in batch:
+        rows = 0
+        for i, message in enumerate(batch):
             if not _channel_open(message):
                 continue  # its channel died: the broker redelivers it elsewhere
             try:
@@ -231,10 +338,18 @@ class Worker:
             callbacks.append(callback)
             if self._drift is not None and not callback.reprocess:
                 self._drift.check(callback.id, callback.received_at, callback.body, callback.content_type)
+            rows += _rows_of(callback)
+            if self.rows.held + rows >= self.rows.limit and i + 1 < len(batch):
+                # The row budget is reached: the rest waits for the next batch, so a huge
+                # callback is written on its own. (What the caller's batch holds is this part.)
+                self._carried.extendleft(reversed(batch[i + 1:]))
+                del batch[i + 1:]
+                break
             # Decoding a batch is a few hundred ms of CPU; between two messages, let
             # the batches being written send their next COPY data, commit and ack,
             # or PostgreSQL idles until the whole batch is decoded.
             await asyncio.sleep(0)
+        self.rows.take(rows)
         return (callbacks, messages) if callbacks else None
 
     async def _land(

@@ -36,7 +36,7 @@ def decode_payload(body: bytes, content_type: str | None) -> Payload:
         if media in ("application/json", "text/json") or media.endswith("+json"):
             return _stored(decode_json(body))
         if media in ("application/xml", "text/xml") or media.endswith("+xml"):
-            return _stored(decode_xml(body))
+            return _stored(decode_xml(body, content_type or ""))
     except PayloadDecodeError:
         raise
     except Exception as e:  # the contract: nothing else escapes, for any input

@@ -2,8 +2,8 @@
 
 Guards: nesting depth (msgspec may crash, not raise, near its recursion limit on a
 small thread stack), UTF-16/32 byte order marks, NUL in strings (PostgreSQL text
-refuses it); and .NET's legacy ``\\/Date(...)\\/`` timestamps, rewritten only when
-the normal decode failed on a datetime.
+refuses it); and .NET's timestamp spellings (dates): seven fractional digits,
+truncated rather than rounded, and the legacy ``\\/Date(...)\\/``.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Any
 
 import msgspec
 
+from schemas.decoding import dates
 from schemas.decoding.errors import error as _error
 from schemas.decoding.plans import DATETIME_KEYS
 from schemas.payload import Payload
@@ -45,10 +46,14 @@ def decode_json(body: bytes) -> Payload:
         _nesting(_JSON_STRING.sub(b"", body).translate(_TO_PARENS, _NOT_BRACKETS)) > MAX_JSON_DEPTH
     ):
         raise _error(f"invalid JSON payload: nested deeper than {MAX_JSON_DEPTH} levels")
+    # Timestamps in .NET's spellings (schemas.decoding.dates) are made exact first when a
+    # cheap scan finds seven-digit fractions, which msgspec would round; the
+    # legacy /Date()/ form only once the normal decode failed on a datetime.
+    exact = dates.rewrite_json(_DATE_VALUES, body) if dates.TICKS_HINT.search(body) else None
     try:
-        payload = _JSON_DECODER.decode(body)
+        payload = _JSON_DECODER.decode(exact or body)
     except msgspec.ValidationError as e:
-        legacy = _rewrite_dotnet_dates(body) if "datetime" in str(e) else None
+        legacy = dates.rewrite_json(_DATE_VALUES, body) if exact is None and "datetime" in str(e) else None
         if legacy is None:
             raise _error(f"invalid JSON payload: {e}") from e
         payload = _decode_rewritten(legacy)
@@ -84,28 +89,6 @@ def _nesting(parens: bytes) -> int:
     return rounds + parens.count(b"(")
 
 
-# .NET's legacy JSON date, "\/Date(1733462277308+0000)\/": milliseconds since
-# the epoch in UTC; the offset only says which zone the sender was in.
-# Rewritten only as the value of a datetime field, and only after the normal
-# decode failed on a datetime, so ordinary bodies pay nothing for it.
-_DOTNET_DATE = re.compile(
-    rb'("(?:%s)"\s*:\s*)"\\?/Date\((-?\d{1,15})(?:[+-]\d{4})?\)\\?/"'
-    % b"|".join(re.escape(k.encode()) for k in sorted(DATETIME_KEYS))
-)
-
-
-def _rewrite_dotnet_dates(body: bytes) -> bytes | None:
-    if b"Date(" not in body:
-        return None
-    rewritten = _DOTNET_DATE.sub(_iso_date, body)
-    return rewritten if rewritten != body else None
-
-
-def _iso_date(m: re.Match[bytes]) -> bytes:
-    when = datetime.datetime(1970, 1, 1, tzinfo=_UTC) + datetime.timedelta(milliseconds=int(m[2]))
-    return b'%s"%s"' % (m[1], when.isoformat().encode())
-
-
 def _decode_rewritten(body: bytes) -> Payload:
     try:
         return _JSON_DECODER.decode(body)
@@ -126,3 +109,6 @@ def _nul_path(value: Any, path: str) -> str | None:
             if (found := _nul_path(getattr(value, name), f"{path}.{name}")) is not None:
                 return found
     return None
+
+
+_DATE_VALUES = dates.json_rewriter(DATETIME_KEYS)

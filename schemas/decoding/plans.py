@@ -2,7 +2,8 @@
 
 The decoders run per field and per element; walking msgspec's type information
 there would cost more than the decode. These tables say, once, which element is
-a string, a float, a scalar, a Struct or a list of them (the XML walk), and which
+a string, a float, a datetime, another scalar, a Struct or a list of them, by its
+namespace and name (the XML walk), and which
 fields are datetimes or integers (the storability checks), and which JSON keys
 hold datetimes (the .NET legacy date rewrite).
 """
@@ -13,10 +14,14 @@ from typing import Any, cast
 
 import msgspec.inspect as mi
 
-from schemas.payload import Payload
+from schemas.payload import XML_NAMESPACES, Payload
 
-_STR, _FLOAT, _SCALAR, _STRUCT, _LIST = range(5)  # _SCALAR: int, bool, UUID, datetime
-STR, FLOAT, SCALAR, STRUCT, LIST = _STR, _FLOAT, _SCALAR, _STRUCT, _LIST
+_STR, _FLOAT, _SCALAR, _DATETIME, _STRUCT, _LIST = range(6)  # _SCALAR: int, bool, UUID
+STR, FLOAT, SCALAR, DATETIME, STRUCT, LIST = _STR, _FLOAT, _SCALAR, _DATETIME, _STRUCT, _LIST
+# "{namespace}Name" (lxml's tag) -> (field name, kind, sub-plan); a list's sub-plan is
+# (its items' "{namespace}", their plan).
+_Plan = dict[str, tuple[str, int, Any]]
+XmlPlan = _Plan
 
 
 def _unwrap(t: Any) -> Any:
@@ -25,17 +30,25 @@ def _unwrap(t: Any) -> Any:
     return t
 
 
-def _xml_plan(struct: mi.StructType) -> dict[str, tuple[int, Any]]:
-    plan: dict[str, tuple[int, Any]] = {}
+def _namespace(struct: mi.StructType) -> str:
+    return XML_NAMESPACES[struct.cls]  # type: ignore[index]  # every payload Struct is a VendorStruct
+
+
+def _xml_plan(struct: mi.StructType) -> _Plan:
+    namespace = f"{{{_namespace(struct)}}}"
+    plan: _Plan = {}
     for f in struct.fields:
         t = _unwrap(f.type)
+        tag = namespace + f.encode_name
         if isinstance(t, mi.StructType):
-            plan[f.encode_name] = (_STRUCT, _xml_plan(t))
+            plan[tag] = (f.encode_name, _STRUCT, _xml_plan(t))
         elif isinstance(t, mi.ListType) and isinstance(t.item_type, mi.StructType):
-            plan[f.encode_name] = (_LIST, _xml_plan(t.item_type))
+            item = t.item_type
+            plan[tag] = (f.encode_name, _LIST, (f"{{{_namespace(item)}}}", _xml_plan(item)))
         else:
-            kind = _STR if isinstance(t, mi.StrType) else _FLOAT if isinstance(t, mi.FloatType) else _SCALAR
-            plan[f.encode_name] = (kind, None)
+            kind = (_STR if isinstance(t, mi.StrType) else _FLOAT if isinstance(t, mi.FloatType)
+                    else _DATETIME if isinstance(t, mi.DateTimeType) else _SCALAR)
+            plan[tag] = (f.encode_name, kind, None)
     return plan
 
 
