@@ -10,8 +10,10 @@ decides and records), after the body has decoded, so it never decides a
 callback's fate and may cost a second parse.
 
 JSON and XML are read the way the decoders read them: JSON members by exact
-name; XML child elements by local name (namespaces ignored), the items of a
-list being the list element's children whatever their tag.
+name; XML child elements by name in their DataContract's namespace (an element
+of a known name in another namespace is unknown: the decoder skips it too, and
+it is reported with its namespace), the items of a list being the list
+element's children in the items' namespace, whatever their local name.
 
 Names come from the vendor's body, i.e. from outside: each is made printable
 (control and other unprintable characters escaped) and cut to ``MAX_NAME``
@@ -29,7 +31,7 @@ import msgspec
 import msgspec.inspect as mi
 
 from schemas.decoding import parse_xml
-from schemas.payload import Payload
+from schemas.payload import XML_NAMESPACES, Payload
 
 __all__ = ["FIELD", "OBJECT", "ROOT", "known_fields", "printable", "unknown_fields"]
 
@@ -49,6 +51,7 @@ class _Shape:
     name: str
     known: frozenset[str]
     nested: tuple[tuple[str, bool, _Shape], ...]  # (member, is a list of objects, shape)
+    namespace: str  # its DataContract namespace in XML, as lxml writes it: "{...}"
 
 
 def _shape(name: str, struct: mi.StructType) -> _Shape:
@@ -61,7 +64,8 @@ def _shape(name: str, struct: mi.StructType) -> _Shape:
             nested.append((f.encode_name, False, _shape(f.encode_name, t)))
         elif isinstance(t, mi.ListType) and isinstance(t.item_type, mi.StructType):
             nested.append((f.encode_name, True, _shape(f.encode_name, t.item_type)))
-    return _Shape(name, frozenset(f.encode_name for f in struct.fields), tuple(nested))
+    namespace = f"{{{XML_NAMESPACES[struct.cls]}}}"  # type: ignore[index]  # every payload Struct is a VendorStruct
+    return _Shape(name, frozenset(f.encode_name for f in struct.fields), tuple(nested), namespace)
 
 
 _PAYLOAD = _shape(ROOT, mi.type_info(Payload))  # type: ignore[arg-type]
@@ -91,7 +95,7 @@ def unknown_fields(body: bytes, content_type: str | None) -> Unknown:
     media = (content_type or "").partition(";")[0].strip().lower()
     if "xml" in media:
         root = parse_xml(body, content_type or "")
-        _xml(list(_children(root, _PAYLOAD.known, _PAYLOAD.name, found)), _PAYLOAD, found)
+        _xml(list(_children(root, _PAYLOAD, found)), _PAYLOAD, found)
     else:
         if body.startswith(b"\xef\xbb\xbf"):
             body = body[3:]
@@ -133,17 +137,21 @@ def _json(objects: list[Any], shape: _Shape, found: Unknown) -> None:
 # --- XML: objects are elements, members their child elements -----------------
 
 
-def _local(elem: Any) -> str:
+def _name(elem: Any, namespace: str) -> str:
+    """An element's name as reported: its local name in the contract's namespace, else its
+    whole "{namespace}name" (the decoder ignores an element of a known name in another one)."""
     tag = elem.tag
-    return tag.rpartition("}")[2] if isinstance(tag, str) else ""
+    if not isinstance(tag, str):
+        return ""
+    return tag[len(namespace):] if tag.startswith(namespace) else tag
 
 
-def _children(elem: Any, known: frozenset[str], obj: str, found: Unknown) -> Iterable[tuple[str, Any]]:
-    """The members of one object element, noting those ``known`` lacks."""
+def _children(elem: Any, shape: _Shape, found: Unknown) -> Iterable[tuple[str, Any]]:
+    """The members of one object element, noting those its shape lacks."""
     for child in elem:
-        name = _local(child)
-        if name not in known and name:
-            _note(found, obj, name, OBJECT if len(child) else FIELD)
+        name = _name(child, shape.namespace)
+        if name not in shape.known and name:
+            _note(found, shape.name, name, OBJECT if len(child) else FIELD)
         yield name, child
 
 
@@ -153,6 +161,9 @@ def _xml(members: list[tuple[str, Any]], shape: _Shape, found: Unknown) -> None:
         by_name.setdefault(name, []).append(child)
     for member, is_list, sub in shape.nested:
         for elem in by_name.get(member, ()):
-            items = list(elem) if is_list else [elem]
-            for item in items:
-                _xml(list(_children(item, sub.known, sub.name, found)), sub, found)
+            for item in list(elem) if is_list else [elem]:
+                if is_list and not (isinstance(item.tag, str) and item.tag.startswith(sub.namespace)):
+                    # Not an item of the list's contract: the decoder skips it, like an unknown field.
+                    _note(found, sub.name, item.tag if isinstance(item.tag, str) else "", OBJECT)
+                    continue
+                _xml(list(_children(item, sub, found)), sub, found)
