@@ -13,6 +13,7 @@ import asyncpg
 import pytest
 
 from schemas import topology
+from schemas.message import callback_message
 from schemas.naming import snake_case
 from tests.support import JSON_SAMPLE, TOKEN, XML_SAMPLE, eventually
 
@@ -143,12 +144,7 @@ async def publish_as_gateway(
     message_id = message_id or str(uuid.uuid4())
     exchange = await channel.get_exchange(topology.CALLBACK_EXCHANGE)
     await exchange.publish(
-        aio_pika.Message(
-            body, message_id=message_id, content_type=content_type,
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            headers={topology.HEADER_RECEIVED_AT: received_at.isoformat(),
-                     topology.HEADER_BODY_SHA256: hashlib.sha256(body).hexdigest()},
-        ),
+        callback_message(body, content_type, message_id=message_id, received_at=received_at),
         routing_key=topology.CALLBACK_ROUTING_KEY,
     )
     return message_id
