@@ -10,6 +10,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+# What runs before the restructure into layers hashed (they did not record it).
+_EARLIER_PRODUCT_DIRS = ("gateway", "worker", "schemas", "flowscribe_ingest")
+
+
+def _dirs(machine: dict[str, Any]) -> str:
+    return ", ".join(d + "/" for d in machine.get("product_dirs", _EARLIER_PRODUCT_DIRS))
+
 SIZES = ("small", "typical", "large")
 RSS_LIMIT_MB = 300
 
@@ -104,7 +111,7 @@ def markdown(r: dict[str, Any]) -> str:
         f"| libraries | {', '.join(f'{k} {v}' for k, v in m['libraries'].items())} |",
         f"| services | PostgreSQL {m.get('postgresql', '?')}, RabbitMQ {m.get('rabbitmq', '?')} (quorum queue) |",
         f"| load generator | {m.get('wrk', 'python aiohttp')} |",
-        f"| code | {m.get('commit', '?')}; product code digest `{m.get('product_digest', '?')}` (sha256 of gateway/, worker/, schemas/, flowscribe_ingest/) |",
+        f"| code | {m.get('commit', '?')}; product code digest `{m.get('product_digest', '?')}` (sha256 of {_dirs(m)}) |",
         "",
         "## Targets",
         "",

@@ -361,6 +361,7 @@ def machine() -> dict[str, Any]:
         out = subprocess.run(["wrk", "--version"], capture_output=True, text=True, timeout=10)
         info["wrk"] = (out.stdout + out.stderr).split("Copyright")[0].strip()
     info["product_digest"] = product_digest()
+    info["product_dirs"] = list(PRODUCT_DIRS)
     info["event_loop"] = event_loop()
     with contextlib.suppress(Exception):
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT, timeout=10)

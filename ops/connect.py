@@ -16,9 +16,10 @@ import asyncpg
 from aio_pika.abc import AbstractChannel, AbstractConnection
 
 from ops.errors import OpsError
-from runtime.amqp import connection_url
+from runtime.amqp import connect_any
 from runtime.errors import describe
-from runtime.settings import Settings, redact_url
+from runtime.settings import Settings
+from runtime.urls import redact_urls
 from schemas.topology import Topology, declare
 
 CONNECT_TIMEOUT = 10.0
@@ -39,7 +40,7 @@ _VARIABLES = {"RabbitMQ": "FLOWSCRIBE_AMQP_URL", "PostgreSQL": "FLOWSCRIBE_DATAB
 def unreachable(service: str, url: str, error: BaseException) -> OpsError:
     """The one-line error for a broker or database we cannot connect to: the URL (password hidden) and a hint."""
     return OpsError(
-        f"cannot reach {service} at {redact_url(url)}: {describe(error)}; is it running? set {_VARIABLES[service]}"
+        f"cannot reach {service} at {redact_urls(url)}: {describe(error)}; is it running? set {_VARIABLES[service]}"
     )
 
 
@@ -47,7 +48,7 @@ def unreachable(service: str, url: str, error: BaseException) -> OpsError:
 async def broker(settings: Settings) -> AsyncIterator[tuple[AbstractConnection, AbstractChannel, Topology]]:
     """A connection named ``flowscribe-ops@<host>``, a confirm channel on it, and the declared topology."""
     try:
-        connection = await aio_pika.connect(connection_url(settings.amqp_url, "ops"), timeout=CONNECT_TIMEOUT)
+        connection = await connect_any(settings.amqp_url, "ops", timeout=CONNECT_TIMEOUT)
     except Exception as e:  # noqa: BLE001 - refused, DNS, auth, timeout: all mean the same to the operator
         raise unreachable("RabbitMQ", settings.amqp_url, e) from None
     try:
@@ -73,7 +74,7 @@ async def database(settings: Settings) -> AsyncIterator[asyncpg.Connection]:
     try:
         if await conn.fetchval("SELECT to_regclass('flowscribe.callbacks')") is None:
             raise OpsError(
-                f"the database at {redact_url(settings.database_url)} has no flowscribe tables;"
+                f"the database at {redact_urls(settings.database_url)} has no flowscribe tables;"
                 " run `flowscribe-ingest migrate` (or set FLOWSCRIBE_DATABASE_URL)"
             )
         yield conn

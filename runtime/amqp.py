@@ -10,6 +10,14 @@ to the caller's ``on_ready``,
 wait until the connection or the channel closes, and start over with backoff.
 Code that holds a message from a dead channel finds its ack failing, and the
 broker redelivers that message: nothing is lost on a reconnect.
+
+The setting may list several broker URLs (the nodes of a cluster). Each
+process shuffles them once, then takes them in that order, round and round:
+a lost connection is followed by one to the next node, a refused attempt by
+the next node at once; only a whole round refused means backing off. Why
+shuffled and not merely rotated from a random start: with a rotation every
+process of a dead node would move on to the same successor; a per-process
+order spreads them over the survivors as evenly as it spread them at start.
 """
 
 from __future__ import annotations
@@ -17,16 +25,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import socket
 import urllib.parse
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Generic, TypeVar
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractConnection
+from aio_pika.connection import make_url
 
 from runtime.errors import describe
-from runtime.settings import redact_url
+from runtime.urls import amqp_urls, redact_url
 
 log = logging.getLogger("flowscribe_ingest.amqp")  # the name in the log schema, from before the move
 
@@ -54,12 +64,83 @@ def connection_url(url: str, name: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
 
 
+class NodeOrder:
+    """The broker URLs in this process's order: shuffled once, then taken round and round."""
+
+    def __init__(self, urls: Sequence[str], rng: random.Random | None = None) -> None:
+        if not urls:
+            raise ValueError("no broker URL")
+        self.urls = list(urls)
+        (rng or random.Random()).shuffle(self.urls)
+        self._next = 0
+
+    def take(self) -> str:
+        url = self.urls[self._next]
+        self._next = (self._next + 1) % len(self.urls)
+        return url
+
+    def round(self) -> list[str]:
+        """Every URL once, from the next one on."""
+        return [self.take() for _ in self.urls]
+
+
+async def connect_any(
+    urls: str, name: str, *, timeout: float, rng: random.Random | None = None
+) -> AbstractConnection:
+    """A connection to the first broker of ``urls`` (a setting's value) that answers, in a random order.
+
+    For a short run (an ops command); raises the last error when none answers.
+    """
+    error: Exception | None = None
+    for url in NodeOrder(amqp_urls(urls), rng).round():
+        try:
+            return await _connect(connection_url(url, name), timeout)
+        except Exception as e:  # noqa: BLE001 - refused, DNS, auth, timeout: try the next node
+            log.debug("broker connect failed", extra={"url": redact_url(url), "reason": _describe(e)})
+            error = e
+    assert error is not None
+    raise error
+
+
+async def _connect(url: str, timeout: float) -> AbstractConnection:
+    """``aio_pika.connect``, except that a failed attempt's connection is closed here.
+
+    aio-pika leaves it to the connection's ``__del__``, which schedules the close
+    on the running loop; collected on a thread without one (the garbage collector
+    runs wherever it runs) the close coroutine is never awaited, and Python warns.
+    A dead node in the list makes failed attempts the common case.
+    """
+    connection = aio_pika.Connection(make_url(url))
+    try:
+        await connection.connect(timeout=timeout)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            await connection.close()
+        raise
+    return connection
+
+
+def _close_listener(lost: asyncio.Future[BaseException | None]) -> Callable[..., None]:
+    """A close callback bound to one connection's ``lost`` future.
+
+    Bound here, not in the loop body: a closure over the loop's variable would
+    see the *next* connection's future, and a late close of the old connection
+    (its teardown may finish after we reconnected) would tear down the new one.
+    """
+
+    def on_close(_sender: Any, exc: BaseException | None = None, *_: Any) -> None:
+        if not lost.done():
+            lost.set_result(exc)
+
+    return on_close
+
+
 class BrokerSession(Generic[Declared]):
     """Keeps one connection and one confirm channel open for as long as it is entered."""
 
     def __init__(
         self,
-        url: str,
+        urls: str,
         name: str,
         *,
         declare: Declare[Declared],
@@ -67,8 +148,10 @@ class BrokerSession(Generic[Declared]):
         on_ready: OnReady[Declared] | None = None,
         connect_timeout: float = 5.0,
         max_backoff: float = 2.0,
+        rng: random.Random | None = None,
     ) -> None:
-        self._url = connection_url(url, name)
+        # ``urls``: the setting's value, one URL or several comma-separated (see NodeOrder).
+        self._nodes = NodeOrder([connection_url(url, name) for url in amqp_urls(urls)], rng)
         self._name = name
         self._prefetch = prefetch
         self._declare = declare
@@ -81,6 +164,7 @@ class BrokerSession(Generic[Declared]):
         self._task: asyncio.Task[None] | None = None
         self._connection: AbstractConnection | None = None
         self.connects = 0  # how many times a session was established (tests, metrics)
+        self.url: str | None = None  # of the node connected to (tests; shown only redacted)
 
     @property
     def ready(self) -> bool:
@@ -115,19 +199,13 @@ class BrokerSession(Generic[Declared]):
 
     async def _run(self) -> None:
         backoff = 0.2
+        refused_in_a_row = 0
         while True:
+            url = self._nodes.take()
             lost: asyncio.Future[BaseException | None] = asyncio.get_running_loop().create_future()
-
-            # B023 marks a known bug, fixed with the cluster work: a late close callback of
-            # an old connection resolves the future of the new one.
-            def on_close(_sender: Any, exc: BaseException | None = None, *_: Any) -> None:
-                if not lost.done():  # noqa: B023
-                    lost.set_result(exc)  # noqa: B023
-
+            on_close = _close_listener(lost)
             try:
-                self._connection = await aio_pika.connect(
-                    self._url, timeout=self._connect_timeout
-                )
+                self._connection = await _connect(url, self._connect_timeout)
                 self._connection.close_callbacks.add(on_close)
                 channel = await self._connection.channel(
                     publisher_confirms=True, on_return_raises=True
@@ -139,27 +217,35 @@ class BrokerSession(Generic[Declared]):
                 if self._on_ready is not None:
                     await self._on_ready(channel, topology)
                 self._channel, self._topology = channel, topology
+                self.url = url
                 self._ready.set()
                 self.connects += 1
-                backoff = 0.2
-                log.info("broker connected", extra={"url": redact_url(self._url)})
+                backoff, refused_in_a_row = 0.2, 0
+                log.info("broker connected", extra={"url": redact_url(url)})
                 reason = await lost
-                log.warning("broker connection lost", extra={"reason": _describe(reason)})
+                log.warning("broker connection lost",
+                            extra={"url": redact_url(url), "reason": _describe(reason)})
+                pause = backoff  # brief: the next node is tried after it
             except asyncio.CancelledError:
                 await self._teardown()
                 raise
             except Exception as e:  # noqa: BLE001 - any failure means: try again later
+                refused_in_a_row += 1
+                # Another node may answer at once; only a whole round refused means waiting.
+                whole_round = refused_in_a_row % len(self._nodes.urls) == 0
+                pause = backoff if whole_round else 0.0
                 log.warning(
                     "broker connect failed",
-                    extra={"url": redact_url(self._url), "reason": _describe(e), "retry_in": backoff},
+                    extra={"url": redact_url(url), "reason": _describe(e), "retry_in": pause},
                 )
+                if whole_round:
+                    backoff = min(backoff * 2, self._max_backoff)
             await self._teardown()
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, self._max_backoff)
+            await asyncio.sleep(pause)
 
     async def _teardown(self) -> None:
         self._ready.clear()
-        self._channel, self._topology = None, None
+        self._channel, self._topology, self.url = None, None, None
         connection, self._connection = self._connection, None
         if connection is not None and not connection.is_closed:
             # Close politely if the broker still listens, but never wait long:

@@ -16,6 +16,8 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from runtime.urls import amqp_urls, database_url, redact_urls
+
 
 class SettingsError(ValueError):
     """A setting in the environment has a value we cannot use."""
@@ -150,6 +152,12 @@ def _choice(*allowed: str) -> Callable[[str], str]:
     return parse
 
 
+def _amqp_url_list(raw: str) -> str:
+    """The setting as given, once every URL in it is known to be one (``amqp_urls`` splits it)."""
+    amqp_urls(raw)
+    return raw.strip()
+
+
 def _setting(env: str, default: Any, parse: Callable[[str], Any], doc: str) -> Any:
     return dataclasses.field(default=default, metadata={"env": env, "parse": parse, "doc": doc})
 
@@ -157,12 +165,16 @@ def _setting(env: str, default: Any, parse: Callable[[str], Any], doc: str) -> A
 @dataclasses.dataclass(frozen=True, slots=True)
 class Settings:
     amqp_url: str = _setting(
-        "FLOWSCRIBE_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/", str,
-        "RabbitMQ URL (aio-pika form; `?heartbeat=` etc. allowed).",
+        "FLOWSCRIBE_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/", _amqp_url_list,
+        "RabbitMQ URL (aio-pika form; `?heartbeat=` etc. allowed), or several, comma-separated"
+        " (one per cluster node): each process connects to one that answers and moves on to the"
+        " next when it is lost (see \"Running on a cluster\").",
     )
     database_url: str = _setting(
-        "FLOWSCRIBE_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/flowscribe", str,
-        "PostgreSQL URL. `migrate` creates the database if it does not exist.",
+        "FLOWSCRIBE_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/flowscribe", database_url,
+        "PostgreSQL URL; libpq's multi-host form (`postgresql://u@h1:5432,h2:5432/db`) reaches"
+        " whichever host is the primary (`target_session_attrs=read-write` is implied). `migrate`"
+        " creates the database if it does not exist.",
     )
     callback_tokens: Secrets = _setting(
         "FLOWSCRIBE_CALLBACK_TOKENS", Secrets(), _tokens,
@@ -342,7 +354,11 @@ class Settings:
             try:
                 values[field.name] = field.metadata["parse"](raw)
             except ValueError as e:
-                shown = "<secret>" if isinstance(field.default, Secrets) else repr(raw)
+                shown = (
+                    "<secret>" if isinstance(field.default, Secrets)
+                    else repr(redact_urls(raw)) if field.name.endswith("_url")
+                    else repr(raw)
+                )
                 raise SettingsError(f"{env}={shown}: {e}") from None
         values.update(overrides)
         return cls(**values)
@@ -357,18 +373,9 @@ class Settings:
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
             if field.name.endswith("_url"):
-                value = redact_url(value)
+                value = redact_urls(value)
             elif isinstance(value, Secrets):
                 value = repr(value)
             shown[field.name] = value
         return shown
 
-
-def redact_url(url: str) -> str:
-    """``amqp://guest:secret@host/`` -> ``amqp://guest:***@host/``."""
-    scheme, sep, rest = url.partition("://")
-    userinfo, at, host = rest.rpartition("@")
-    if not at or ":" not in userinfo:
-        return url
-    user = userinfo.split(":", 1)[0]
-    return f"{scheme}{sep}{user}:***@{host}"

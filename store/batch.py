@@ -81,6 +81,11 @@ async def write_batch(conn: Connection, callbacks: list[Callback]) -> BatchResul
     """Decide and write ``callbacks`` in one transaction; nothing is written if it raises."""
     async with conn.transaction():
         await lock(conn, lock_keys(callbacks))
+        # pg_current_xact_id() gives the transaction an id even when it writes
+        # nothing (a batch of redeliveries), so its commit waits for a synchronous
+        # standby like any other: a batch whose earlier commit was only local (its
+        # wait for the standby cut short) is acked only once the standby has it.
+        await conn.execute("SELECT pg_current_xact_id()")
         stored = await read_stored(conn, callbacks)
         plan = decide(callbacks, stored)
         rows = await _write(conn, plan, set(stored.versions))

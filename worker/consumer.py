@@ -215,17 +215,22 @@ class Worker:
                 if not batch:
                     continue
                 # Decoded rows are bounded too: no decoding while the batches being written hold the limit.
-                while writing and self.rows.full():
-                    _done, writing = await asyncio.wait(writing, return_when=asyncio.FIRST_COMPLETED)
+                while writing and self.rows.full() and not stop.is_set():
+                    await asyncio.wait({*writing, wake}, return_when=asyncio.FIRST_COMPLETED)
+                    writing = {task for task in writing if not task.done()}
                 prepared = await self._guarded(self._prepare(batch), batch)
                 if not prepared:
                     self._finished(batch, 0)
                     continue
-                while len(writing) >= WRITES_IN_FLIGHT:
-                    _done, writing = await asyncio.wait(writing, return_when=asyncio.FIRST_COMPLETED)
+                while len(writing) >= WRITES_IN_FLIGHT and not stop.is_set():
+                    # Waiting for a slot ends at a stop too: the writes in flight may be
+                    # commits that wait as long as a synchronous standby is down.
+                    await asyncio.wait({*writing, wake}, return_when=asyncio.FIRST_COMPLETED)
+                    writing = {task for task in writing if not task.done()}
+                # At a stop this batch joins the writes in flight, under the shutdown deadline.
                 writing.add(asyncio.create_task(self._write(prepared, batch)))
             if writing:
-                await asyncio.wait(writing)
+                await self._finish_writes(writing)
         finally:
             wake.cancel()
         await self._shutdown()
@@ -241,7 +246,27 @@ class Worker:
 
     async def _wake_on(self, stop: asyncio.Event) -> None:
         await stop.wait()
+        # From now on a held batch stops retrying at the deadline (see worker.landing).
+        self._give_up_at = time.monotonic() + self._settings.shutdown_timeout
         self._inbox.put_nowait(None)  # unblocks _collect
+
+    async def _finish_writes(self, writing: set[asyncio.Task[None]]) -> None:
+        """Let the writes in flight finish until the shutdown deadline, then abandon them.
+
+        A write may be stuck in a statement, not between retries: a commit that
+        waits for a synchronous standby that is down waits as long as the standby
+        is. Abandoning it acks nothing, so the broker redelivers its messages;
+        whatever the server committed meanwhile is recognised by id then.
+        """
+        _done, pending = await asyncio.wait(
+            writing, timeout=max(0.0, self._give_up_at - time.monotonic())
+        )
+        if pending:
+            log.warning("writes still waiting at the shutdown deadline: leaving them to redelivery",
+                        extra={"writes": len(pending)})
+            for task in pending:
+                task.cancel()
+            await asyncio.wait(pending, timeout=5.0)
 
     async def _collect(self) -> list[AbstractIncomingMessage]:
         """The next batch: wait for one message, then take more until full or the wait is over."""
@@ -270,7 +295,7 @@ class Worker:
 
     async def _shutdown(self) -> None:
         self._stopping = True
-        self._give_up_at = time.monotonic() + self._settings.shutdown_timeout
+        self._give_up_at = min(self._give_up_at, time.monotonic() + self._settings.shutdown_timeout)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self._cancel_consumer(), 2.0)
         in_hand = 0

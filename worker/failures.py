@@ -22,6 +22,11 @@ _UNAVAILABLE = (
     TimeoutError,
     asyncpg.PostgresConnectionError,  # SQLSTATE class 08
     asyncpg.InterfaceError,  # the connection was closed under us
+    # The client's own view of the connection went wrong: "cannot switch to state
+    # 15; another operation (2) is in progress" after a failover cut a statement
+    # short, protocol errors, no host of a multi-host URL being a primary. The
+    # connection is to blame, never the message.
+    asyncpg.InternalClientError,
     asyncpg.OperatorInterventionError,  # class 57: shutdown, cannot connect now, query cancelled
     asyncpg.InsufficientResourcesError,  # class 53: disk full, out of memory, too many connections
     asyncpg.ReadOnlySQLTransactionError,  # a failover left us on a replica
@@ -41,6 +46,8 @@ _CONFLICT = (
 
 
 def classify(exc: BaseException) -> Fault:
+    if isinstance(exc, asyncpg.exceptions.DataError):
+        return Fault.DATA  # an InterfaceError, but raised for a value we could not encode
     if isinstance(exc, _UNAVAILABLE):
         return Fault.UNAVAILABLE
     if isinstance(exc, _CONFLICT):

@@ -67,14 +67,19 @@ class Landing:
                 async with self._pool.acquire(timeout=10) as conn:
                     try:
                         result = await write_batch(conn, callbacks)
-                    except (TimeoutError, OSError, asyncpg.InterfaceError):
-                        # A connection that timed out or lost its socket mid-statement
-                        # may be left mid-protocol; never hand it out again.
-                        conn.terminate()
+                    except Exception as e:
+                        if classify(e) is Fault.UNAVAILABLE:
+                            # A connection that timed out, lost its socket mid-statement
+                            # or finds itself on a read-only server is never handed out again.
+                            conn.terminate()
                         raise
             except Exception as e:  # noqa: BLE001 - classified below, nothing escapes
                 fault = classify(e)
                 if fault is Fault.UNAVAILABLE:
+                    # After a failover every pooled connection may be to the old primary
+                    # (dead, or back as a read-only standby): replace them all, so the
+                    # retry connects afresh to whichever host is the primary now.
+                    await self._pool.expire_connections()
                     self._metrics.database_unavailable()
                     deadline = give_up_at()
                     if time.monotonic() >= deadline:

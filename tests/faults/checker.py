@@ -24,6 +24,7 @@ import random
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable, Sequence
 
 import aio_pika
 import aiohttp
@@ -62,6 +63,7 @@ class History:
     slowest_refusal: float = 0.0  # seconds: how long the longest non-2xx answer (or failure) took
     first_ok_after: dict[str, float] = dataclasses.field(default_factory=dict)  # marks -> monotonic time
     marks: dict[str, float] = dataclasses.field(default_factory=dict)
+    ok_times: list[float] = dataclasses.field(default_factory=list)  # monotonic time of every 2xx
 
     def mark(self, name: str) -> None:
         """Note a moment (e.g. "broker back"); the first 2xx after it is recorded too."""
@@ -73,7 +75,12 @@ class History:
             return self.first_ok_after[name] - self.marks[name]
         return None
 
+    def longest_gap(self, name: str) -> float | None:
+        """Seconds without a 2xx answer, at most, from mark ``name`` until the answers stopped."""
+        return longest_gap(self.marks.get(name), self.ok_times)
+
     def _answered_ok(self, at: float) -> None:
+        self.ok_times.append(at)
         for name, marked in self.marks.items():
             if name not in self.first_ok_after and at >= marked:
                 self.first_ok_after[name] = at
@@ -82,9 +89,53 @@ class History:
         return {k for k, v in self.results.items() if v == result}
 
 
+def longest_gap(since: float | None, times: list[float]) -> float | None:
+    """The longest time between ``since`` and the events in ``times`` after it, and between those."""
+    if since is None:
+        return None
+    after = sorted(t for t in times if t >= since)
+    if not after:
+        return None
+    return round(max(b - a for a, b in zip([since, *after], after, strict=False)), 2)
+
+
+class CommitWatch:
+    """Samples how many callbacks are committed, to tell how long commits stopped at a fault."""
+
+    def __init__(self, db: asyncpg.Pool) -> None:
+        self.db = db
+        self.times: list[float] = []  # when the count was seen to grow
+        self._task: asyncio.Task[None] | None = None
+
+    async def _watch(self) -> None:
+        seen = -1
+        while True:
+            try:
+                count = await asyncio.wait_for(self.db.fetchval("SELECT count(*) FROM flowscribe.callbacks"), 2)
+            except Exception:  # noqa: BLE001 - the database may be the fault: no sample then
+                await asyncio.sleep(0.1)
+                continue
+            if seen >= 0 and count > seen:
+                self.times.append(time.monotonic())
+            seen = count
+            await asyncio.sleep(0.1)  # the sampling period
+
+    def longest_stall(self, since: float | None) -> float | None:
+        return longest_gap(since, self.times)
+
+    async def __aenter__(self) -> CommitWatch:
+        self._task = asyncio.create_task(self._watch())
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+
 async def send_callbacks(
     http: aiohttp.ClientSession,
-    url: str,
+    url: str | Sequence[str],
     count: int,
     *,
     concurrency: int = 16,
@@ -95,29 +146,39 @@ async def send_callbacks(
     copies: int = 1,
     history: History | None = None,
     rate: float | None = None,
+    until: asyncio.Event | None = None,
+    ids: Sequence[uuid.UUID] | None = None,
+    body: Callable[[uuid.UUID], bytes] | None = None,
 ) -> History:
     """Post ``count`` callbacks (each ``copies`` times at once), retrying unknown answers like a vendor.
 
-    ``rate`` paces the load (callbacks/s), so a fault can land in the middle of it.
+    ``rate`` paces the load (callbacks/s), so a fault can land in the middle of it;
+    ``until`` ends it early (what was taken is still answered). Several ``url``s
+    (gateways) are taken in turn, a retry going to the next, as a load balancer
+    would. ``ids`` and ``body`` choose the analyses and their bodies (versions).
     """
     history = history if history is not None else History()
     rng = random.Random(seed)
+    urls = [url] if isinstance(url, str) else list(url)
+    turn = 0
     todo: asyncio.Queue[uuid.UUID] = asyncio.Queue()
-    for _ in range(count):
-        analysis_id = uuid.UUID(int=rng.getrandbits(128), version=4)
+    chosen = list(ids) if ids is not None else [uuid.UUID(int=rng.getrandbits(128), version=4) for _ in range(count)]
+    for analysis_id in chosen:
         if rng.random() < poison_rate:
             history.poison.add(analysis_id)
         todo.put_nowait(analysis_id)
 
     async def post_until_answered(body: bytes) -> str:
+        nonlocal turn
         deadline = time.monotonic() + retry_for
         delay = 0.05
         while True:
             history.attempts += 1
             started = time.monotonic()
+            turn += 1
             try:
                 async with http.post(
-                    url, data=body, headers={"Content-Type": "application/json"},
+                    urls[turn % len(urls)], data=body, headers={"Content-Type": "application/json"},
                     timeout=aiohttp.ClientTimeout(total=request_timeout),
                 ) as response:
                     history.statuses[str(response.status)] += 1
@@ -140,12 +201,15 @@ async def send_callbacks(
         while True:
             if pause:
                 await asyncio.sleep(pause)  # pacing the load, not waiting for work
+            if until is not None and until.is_set():
+                return
             try:
                 analysis_id = todo.get_nowait()
             except asyncio.QueueEmpty:
                 return
-            body = callback_body(analysis_id, poison=analysis_id in history.poison)
-            answers = await asyncio.gather(*(post_until_answered(body) for _ in range(copies)))
+            content = (body(analysis_id) if body is not None
+                       else callback_body(analysis_id, poison=analysis_id in history.poison))
+            answers = await asyncio.gather(*(post_until_answered(content) for _ in range(copies)))
             history.results[analysis_id] = (
                 "ok" if "ok" in answers else "failed" if "failed" in answers else "unknown"
             )
@@ -216,8 +280,15 @@ async def wait_until_accounted(
         await asyncio.sleep(0.1)
 
 
-async def check(history: History, db: asyncpg.Pool, channel: aio_pika.abc.AbstractChannel) -> Verdict:
-    """Account for every callback sent (the workers must be stopped first)."""
+async def check(
+    history: History, db: asyncpg.Pool, channel: aio_pika.abc.AbstractChannel,
+    *, versioned: frozenset[uuid.UUID] = frozenset(),
+) -> Verdict:
+    """Account for every callback sent (the workers must be stopped first).
+
+    ``versioned``: analyses sent in several versions on purpose, each of which
+    may have been ``ingested`` in turn (an older one first, then the newer).
+    """
     stored = await stored_analysis_ids(db)
     ingested = Counter(
         r[0] for r in await db.fetch(
@@ -248,7 +319,7 @@ async def check(history: History, db: asyncpg.Pool, channel: aio_pika.abc.Abstra
         dead_lettered=len(dead_ids),
         lost=len(ok - stored - dead_ids),
         unexpected=len((stored | dead_ids) - sent),
-        duplicated=sum(1 for n in ingested.values() if n > 1) + doubled_children,
+        duplicated=sum(1 for a, n in ingested.items() if n > 1 and a not in versioned) + doubled_children,
         recovered=len(history.ids("unknown") & (stored | dead_ids)),
         queued=sum((await queue_depths(channel)).values()),
         poison_dead_lettered=len(dead_ids & history.poison),

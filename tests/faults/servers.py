@@ -168,10 +168,15 @@ def _exited(pid: int, state: str) -> bool:
 class PrivatePostgres(_Timed):
     """A throwaway PostgreSQL cluster on its own port and data directory."""
 
-    def __init__(self, base_dir: Path, *, startup_timeout: float = 60.0) -> None:
+    def __init__(
+        self, base_dir: Path, *, startup_timeout: float = 60.0, port: int | None = None,
+        settings: dict[str, str] | None = None, name: str = "postgres",
+    ) -> None:
         self.base_dir = Path(base_dir)
         self.base_dir.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
+        self.name = name  # also the application_name it streams under as a standby
+        self.extra_settings = settings or {}
+        self.port = port if port is not None else free_port()
         self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
         self.startup_timeout = startup_timeout
         self._as_root = os.geteuid() == 0
@@ -179,7 +184,7 @@ class PrivatePostgres(_Timed):
             self.root = Path(tempfile.mkdtemp(prefix="flowscribe-fault-pg-"))
             shutil.chown(self.root, "postgres", "postgres")
             with contextlib.suppress(OSError):
-                (self.base_dir / "postgres").symlink_to(self.root)
+                (self.base_dir / name).symlink_to(self.root)
         else:
             self.root = Path(tempfile.mkdtemp(prefix="pg-", dir=self.base_dir))
         self.data_dir = self.root / "data"
@@ -215,10 +220,7 @@ class PrivatePostgres(_Timed):
             # server itself runs with fsync on (process crashes are what we simulate).
             "--no-sync",
         )
-        self.socket_dir.mkdir(mode=0o700)
-        if self._as_root:
-            shutil.chown(self.socket_dir, "postgres", "postgres")
-        settings = {
+        self._configure({
             "listen_addresses": "'127.0.0.1'",
             "port": str(self.port),
             "unix_socket_directories": f"'{self.socket_dir}'",
@@ -228,10 +230,64 @@ class PrivatePostgres(_Timed):
             "synchronous_commit": "on",
             "full_page_writes": "on",
             "logging_collector": "off",
+        })
+
+    def _configure(self, settings: dict[str, str]) -> None:
+        """This server's own socket directory and settings (later lines win over earlier ones)."""
+        self.socket_dir.mkdir(mode=0o700, exist_ok=True)
+        if self._as_root:
+            shutil.chown(self.socket_dir, "postgres", "postgres")
+        settings = {
+            **settings, "port": str(self.port), "unix_socket_directories": f"'{self.socket_dir}'",
+            **self.extra_settings,
         }
         with (self.data_dir / "postgresql.conf").open("a") as conf:
-            conf.write("\n# flowscribe fault-test cluster\n")
+            conf.write(f"\n# flowscribe fault-test server {self.name}\n")
             conf.writelines(f"{key} = {value}\n" for key, value in settings.items())
+
+    def clone_as_standby(self, primary: PrivatePostgres) -> None:
+        """Replace this server's data with a streaming standby of ``primary`` (pg_basebackup -R), and start it."""
+        if self.running:
+            self.stop("immediate")
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+        with self._timed("clone"):
+            self._run(
+                "pg_basebackup", "-h", "127.0.0.1", "-p", str(primary.port), "-U", "postgres",
+                "-D", str(self.data_dir), "-R", "-X", "stream", "--checkpoint=fast", "--no-sync",
+                # The name the primary's synchronous_standby_names refers to.
+                "-d", f"application_name={self.name}",
+            )
+            (self.data_dir / "postmaster.pid").unlink(missing_ok=True)
+            self._configure({})
+            # postgresql.auto.conf (where -R wrote it) is read last: name ourselves there.
+            with (self.data_dir / "postgresql.auto.conf").open("a") as auto:
+                auto.write(f"primary_conninfo = 'host=127.0.0.1 port={primary.port} user=postgres"
+                           f" application_name={self.name}'\n")
+            self.start()
+
+    def promote(self) -> None:
+        """Make this standby a primary; returns once it accepts writes."""
+        with self._timed("promote"):
+            self._run("pg_ctl", "-D", str(self.data_dir), "-w", "-t", "60", "promote", timeout=90)
+
+    def kill(self) -> None:
+        """kill -9 the whole server, as a machine dying takes it: the postmaster and every backend.
+
+        pg_ctl starts the postmaster in a session of its own, so its process
+        group is the server's processes and nothing else.
+        """
+        pid = self.postmaster_pid
+        if pid is None:
+            return
+        with self._timed("kill"):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+            deadline = time.monotonic() + 30
+            while port_open(self.port) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            # The killed postmaster may linger as a zombie nobody reaps (pg_ctl left it to
+            # init): its pid file would make pg_ctl believe it still runs.
+            (self.data_dir / "postmaster.pid").unlink(missing_ok=True)
 
     @property
     def initialized(self) -> bool:
@@ -294,7 +350,7 @@ class PrivatePostgres(_Timed):
         finally:
             shutil.rmtree(self.root, ignore_errors=True)
             with contextlib.suppress(OSError):
-                (self.base_dir / "postgres").unlink()
+                (self.base_dir / self.name).unlink()
 
     def __enter__(self) -> PrivatePostgres:
         self.start()
@@ -326,7 +382,10 @@ QUORUM_QUEUE_KILL_WINDOW = 0.5
 class PrivateRabbitMQ(_Timed):
     """A throwaway RabbitMQ node on its own ports and data directory."""
 
-    def __init__(self, base_dir: Path, *, startup_timeout: float = 90.0) -> None:
+    def __init__(
+        self, base_dir: Path, *, startup_timeout: float = 90.0, cookie: str | None = None,
+        extra_conf: str = "",
+    ) -> None:
         self.base_dir = Path(base_dir)
         self.base_dir.mkdir(parents=True, exist_ok=True)
         self.root = Path(tempfile.mkdtemp(prefix="rabbitmq-", dir=self.base_dir))
@@ -343,9 +402,10 @@ class PrivateRabbitMQ(_Timed):
 
         home = self.root / "home"
         home.mkdir(mode=0o700)
-        cookie = home / ".erlang.cookie"
-        cookie.write_text(secrets.token_hex(20).upper())
-        cookie.chmod(0o400)
+        # One cookie per node, or one shared by the nodes of a private cluster.
+        cookie_file = home / ".erlang.cookie"
+        cookie_file.write_text(cookie or secrets.token_hex(20).upper())
+        cookie_file.chmod(0o400)
         (self.root / "log").mkdir()
         (self.root / "conf.d").mkdir()
         (self.root / "enabled_plugins").write_text("[].\n")
@@ -356,6 +416,7 @@ class PrivateRabbitMQ(_Timed):
             "disk_free_limit.absolute = 50MB\n"
             "log.console = false\n"
             "log.file.level = info\n"
+            + extra_conf
         )
         self.env = {
             k: v for k, v in os.environ.items() if not k.startswith(("RABBITMQ_", "ERL_"))
@@ -541,3 +602,203 @@ class PrivateRabbitMQ(_Timed):
 
     def __repr__(self) -> str:
         return f"<PrivateRabbitMQ {self.nodename} port={self.port} root={self.root}>"
+
+
+class PrivateRabbitMQCluster:
+    """Three private RabbitMQ nodes joined into one cluster (``rabbitmqctl join_cluster``).
+
+    Each node has its own name, AMQP and distribution ports, data and log
+    directories (a PrivateRabbitMQ each); all share one private Erlang cookie,
+    which their ``rabbitmqctl`` reads from the same private ``HOME``. Partitions
+    are handled with ``pause_minority``, as deploy/ recommends: a node cut off
+    from the others stops serving until it sees a majority again.
+    """
+
+    def __init__(self, base_dir: Path, *, size: int = 3) -> None:
+        cookie = secrets.token_hex(20).upper()
+        self.nodes = [
+            PrivateRabbitMQ(Path(base_dir) / f"node{i}", cookie=cookie,
+                            extra_conf="cluster_partition_handling = pause_minority\n")
+            for i in range(size)
+        ]
+        self.urls = ",".join(node.url for node in self.nodes)
+
+    def start(self) -> None:
+        """Start every node (at once), then join the others to the first."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(len(self.nodes)) as pool:
+            list(pool.map(lambda node: node.start(), self.nodes))
+        first = self.nodes[0]
+        for node in self.nodes[1:]:
+            node.ctl("stop_app")
+            node.ctl("join_cluster", first.nodename)
+            node.ctl("start_app")
+        for node in self.nodes:
+            node.ctl("await_startup", "--timeout", "60", timeout=90)
+
+    def node(self, nodename: str) -> PrivateRabbitMQ:
+        return next(node for node in self.nodes if node.nodename == nodename)
+
+    def running_nodes(self) -> list[PrivateRabbitMQ]:
+        return [node for node in self.nodes if node.running]
+
+    def ctl(self, *args: str, timeout: float = 60.0) -> str:
+        """``rabbitmqctl ARGS`` on the first node that answers; its output."""
+        error: Exception | None = None
+        for node in self.running_nodes():
+            try:
+                return node.ctl(*args, timeout=timeout).stdout
+            except (RuntimeError, subprocess.TimeoutExpired) as e:
+                error = e
+        raise RuntimeError(f"no node answered rabbitmqctl {' '.join(args)}: {error}")
+
+    def connections_per_node(self) -> dict[str, int]:
+        """Client connections by node name (``rabbitmqctl list_connections port``: the port they reached)."""
+        by_port = {str(node.port): node.nodename for node in self.nodes}
+        counts: dict[str, int] = {node.nodename: 0 for node in self.nodes}
+        for port in self.ctl("list_connections", "port", "--silent").split():
+            if port in by_port:
+                counts[by_port[port]] += 1
+        return counts
+
+    def quorum_status(self, queue: str, vhost: str = "/") -> dict[str, str]:
+        """Raft state by member node of a quorum queue (``rabbitmq-queues quorum_status``)."""
+        import json
+
+        for node in self.running_nodes():
+            proc = subprocess.run(
+                [str(RABBITMQ_BIN / "rabbitmq-queues"), "-n", node.nodename, "quorum_status", queue,
+                 "-p", vhost, "--formatter", "json"],
+                cwd=node.root, env=node.env, capture_output=True, text=True, timeout=60,
+            )
+            if proc.returncode == 0:
+                return {str(m["Node Name"]): str(m["Raft State"]) for m in json.loads(proc.stdout)}
+        raise RuntimeError(f"no node answered quorum_status {queue}")
+
+    def queue_leader(self, queue: str, vhost: str = "/") -> str:
+        """The node leading a quorum queue."""
+        leaders = [node for node, state in self.quorum_status(queue, vhost).items() if state == "leader"]
+        if not leaders:
+            raise RuntimeError(f"no leader known for {queue}")
+        return leaders[0]
+
+    def wait_until_clustered(self, timeout: float = 90.0) -> None:
+        """Until every node runs and sees all the others (after a restart or a partition)."""
+        deadline = time.monotonic() + timeout
+        expected = {node.nodename for node in self.nodes}
+        while True:
+            try:
+                import json
+
+                status = json.loads(self.ctl("cluster_status", "--formatter", "json"))
+                if set(status.get("running_nodes", [])) == expected and not status.get("partitions"):
+                    return
+            except (RuntimeError, ValueError):
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"cluster not whole after {timeout}s")
+            time.sleep(0.2)
+
+    def partition(self, node: PrivateRabbitMQ, seconds: float) -> None:
+        """Cut ``node`` off from the others at the Erlang distribution level for ``seconds``, then heal.
+
+        This machine has neither iptables nor nftables, and a network namespace
+        per node would need its own epmd and routes; Erlang's own
+        ``net_kernel:allow/1`` refuses distribution connections from and to any
+        node not listed, which is what a partition is to the nodes. Listing
+        only the node itself and dropping its links cuts it off; a process
+        left on it empties the list again after ``seconds`` (it must heal
+        itself: while cut off, no CLI can reach it either, the CLI being a node;
+        ``allow/1`` can only add to the list, hence the state replaced).
+        """
+        others = "[" + ",".join(f"'{n.nodename}'" for n in self.nodes if n is not node) + "]"
+        code = (
+            f"Others = {others}, "
+            "net_kernel:allow([node()]), "
+            "[erlang:disconnect_node(N) || N <- Others], "
+            f"spawn(fun() -> timer:sleep({int(seconds * 1000)}), "
+            # Heal: back to no list at all (allow/1 can only add), so CLI nodes get in again.
+            "Self = [node()], "
+            "sys:replace_state(net_kernel, fun(S) -> list_to_tuple("
+            "[case E of Self -> []; _ -> E end || E <- tuple_to_list(S)]) end) end), "
+            "ok."
+        )
+        node.ctl("eval", code)
+
+    def close(self) -> None:
+        for node in self.nodes:
+            node.close()
+
+    def __enter__(self) -> PrivateRabbitMQCluster:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+class PrivatePostgresPair:
+    """A private PostgreSQL primary and a streaming standby of it (synchronous unless told otherwise).
+
+    ``failover()`` is what an operator or Patroni does when the primary dies:
+    promote the standby. ``rebuild()`` makes the dead one a standby of the new
+    primary, so the pair can fail over again.
+    """
+
+    def __init__(self, base_dir: Path) -> None:
+        base_dir = Path(base_dir)
+        replication = {"wal_level": "replica", "max_wal_senders": "5", "hot_standby": "on",
+                       "wal_keep_size": "'64MB'"}
+        self.servers = [
+            PrivatePostgres(base_dir, name=f"pg{i}", settings=replication) for i in range(2)
+        ]
+        self.primary, self.standby = self.servers
+
+    def url(self, database: str) -> str:
+        """libpq's multi-host URL over both servers, for whichever is the primary."""
+        hosts = ",".join(f"127.0.0.1:{server.port}" for server in self.servers)
+        return f"postgresql://postgres@{hosts}/{database}?target_session_attrs=read-write"
+
+    def start(self, synchronous: bool = True) -> None:
+        self.primary.start()
+        self.standby.clone_as_standby(self.primary)
+        self.set_synchronous(synchronous)
+
+    def set_synchronous(self, synchronous: bool) -> None:
+        """Commits wait for the standby (``synchronous_standby_names``), or not."""
+        names = self.standby.name if synchronous else ""
+        self.primary._run(
+            "psql", "-h", "127.0.0.1", "-p", str(self.primary.port), "-U", "postgres", "-d", "postgres",
+            "-v", "ON_ERROR_STOP=1", "-c", f"ALTER SYSTEM SET synchronous_standby_names = '{names}'",
+            "-c", "SELECT pg_reload_conf()",
+        )
+        expected = "sync" if synchronous else "async"
+        deadline = time.monotonic() + 30
+        while self._sync_state() != expected:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"standby not {expected} after 30 s")
+            time.sleep(0.05)
+
+    def _sync_state(self) -> str:
+        return self.primary._run(
+            "psql", "-h", "127.0.0.1", "-p", str(self.primary.port), "-U", "postgres", "-d", "postgres",
+            "-Atc", f"SELECT sync_state FROM pg_stat_replication WHERE application_name = '{self.standby.name}'",
+        ).stdout.strip()
+
+    def failover(self) -> None:
+        """kill -9 the primary, promote the standby: the two swap roles."""
+        self.primary.kill()
+        self.standby.promote()
+        self.primary, self.standby = self.standby, self.primary
+
+    def rebuild(self, synchronous: bool = True) -> None:
+        """The dead old primary comes back as a standby of the new one."""
+        self.standby.clone_as_standby(self.primary)
+        self.set_synchronous(synchronous)
+
+    def close(self) -> None:
+        for server in self.servers:
+            server.close()
