@@ -76,6 +76,12 @@ class TestDetection:
             ("JobStatus", f"{{{COMMON}}}JobID"): "field",
         }
 
+    def test_xml_a_known_name_in_another_namespace_is_unknown_as_the_decoder_skips_it(self):
+        foreign = b'<x:ExtraInfo xmlns:x="urn:elsewhere">1</x:ExtraInfo>'
+        body = XML_SAMPLE.replace(b"<d2p1:ExtraInfo>", foreign + b"<d2p1:ExtraInfo>", 1)
+        found = unknown_fields(body, "application/xml")
+        assert found == {("ConversationSentences", "{urn:elsewhere}ExtraInfo"): "field"}
+
     def test_names_from_the_body_are_escaped_bounded_and_few(self):
         sample = json.loads(JSON_SAMPLE)
         sample["JobStatus"]["Evil\x1b[31m\u0000"] = 1

@@ -89,7 +89,13 @@ class TestRowBudget:
         start_worker(worker_max_held_rows=5, batch_wait=0.5)  # without the budget: one batch of 6
         await eventually(lambda: _count_is(db, 6), what="every callback stored")
         worker = workers[0]
-        batches = worker.metrics.registry.get_sample_value("flowscribe_batch_size_count")
+        value = worker.metrics.registry.get_sample_value
+
+        async def counted() -> bool:  # the metrics of a batch are counted just after its commit
+            return value("flowscribe_messages_consumed_total", {"outcome": "ingested"}) == 6
+
+        await eventually(counted, what="every batch counted")
+        batches = value("flowscribe_batch_size_count")
         assert batches == 6
         assert worker.rows.peak <= 5 + 13  # the limit, and the one callback that crossed it
 

@@ -64,6 +64,7 @@ class DriftLog:
             f" field (at most {MAX_LABELLED} pairs per worker; the rest under {OTHER}).",
             ["object", "field"], registry=registry,
         )
+        self.callbacks.labels(OTHER, OTHER)  # the family exists (at 0) from the first scrape, for rules
         self.checked = Counter(
             "flowscribe_schema_drift_checked_callbacks", "Callbacks checked for unknown fields (the sample).",
             registry=registry,
