@@ -3,6 +3,7 @@ computed here, in Python, from the payloads sent, never from the worker's code o
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import dataclasses
 import datetime
@@ -313,6 +314,73 @@ class TestViews:
             await conn.execute("DELETE FROM flowscribe.conversation_terms")
             await write_batch(conn, [dataclasses.replace(callback, reprocess=True)])
         await assert_views_match(db, expected)
+
+
+def stored_callback(payload: dict[str, Any], received_at: datetime.datetime = RECEIVED) -> Callback:
+    body = json.dumps(payload).encode()
+    return Callback(uuid.uuid4(), received_at, "application/json", hashlib.sha256(body).hexdigest(), body,
+                    decode_payload(body, "application/json"))
+
+
+async def waiting_for_lock(db: asyncpg.Pool, pid: int) -> bool:
+    return await db.fetchval(
+        "SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = $1", pid) is True
+
+
+class TestSummarise:
+    """What flowscribe.summarise() costs a batch does not grow with the database, and a change of
+    reporting zone never leaves a summary with a day of the old zone."""
+
+    async def test_a_batch_scans_no_table_whole(self, db):
+        # Tables that were never analysed (a new database, autovacuum behind) are where the
+        # planner used to choose sequential scans: of every term stored, in every batch.
+        sent, _ = history()
+        async with db.acquire() as conn:
+            for item in sent:
+                await write_batch(conn, [stored_callback(item.payload, item.received_at)])
+            assert await conn.fetchval("SELECT count(*) FROM flowscribe.conversation_terms") > 0
+            # Every statement finds rows: each summary and its terms are replaced.
+            ids = [r["id"] for r in await conn.fetch("SELECT id FROM flowscribe.analyses")]
+            scans = ("SELECT relname, seq_scan, idx_scan FROM pg_stat_xact_user_tables"
+                     " WHERE schemaname = 'flowscribe' AND relname <> 'reporting'")  # one row, read whole
+            async with conn.transaction():
+                # The backend's counts not yet reported include earlier transactions': a difference.
+                before = {r["relname"]: (r["seq_scan"], r["idx_scan"]) for r in await conn.fetch(scans)}
+                await conn.fetchrow("SELECT * FROM flowscribe.summarise($1::uuid[])", ids)
+                after = {r["relname"]: (r["seq_scan"], r["idx_scan"]) for r in await conn.fetch(scans)}
+        seq_scanned = [t for t, (seq, _) in after.items() if seq > before.get(t, (0, 0))[0]]
+        assert seq_scanned == []
+        assert after["conversation_terms"][1] > before.get("conversation_terms", (0, 0))[1]
+
+    async def test_a_change_of_zone_waits_for_a_summary_in_flight(self, db, reporting_zone):
+        payload = conversation(90, AGENTS[0], datetime.datetime(2026, 1, 1, 3, 0, tzinfo=UTC))
+        analysis_id = uuid.UUID(payload["ConversationAnalysisModel"]["ID"])
+        async with db.acquire() as writer, db.acquire() as changer:
+            await write_batch(writer, [stored_callback(payload)])
+            async with writer.transaction():
+                await writer.fetchrow("SELECT * FROM flowscribe.summarise($1::uuid[])", [analysis_id])
+                change = asyncio.create_task(set_reporting_time_zone(changer, "America/New_York"))
+                await eventually(lambda: waiting_for_lock(db, changer.get_server_pid()),
+                                 what="the change of zone waiting for the writer")
+                assert not change.done()
+            assert await change is True
+        # Written under UTC, moved by the change once it had committed: New York's day.
+        assert await db.fetchval("SELECT day FROM flowscribe.conversation_summaries") == datetime.date(2025, 12, 31)
+        assert set(await db.fetch("SELECT DISTINCT day FROM flowscribe.conversation_terms")) == {
+            (datetime.date(2025, 12, 31),)}
+
+    async def test_a_summary_written_during_a_change_of_zone_is_in_the_new_zone(self, db, reporting_zone):
+        payload = conversation(91, AGENTS[1], datetime.datetime(2026, 1, 1, 3, 0, tzinfo=UTC))
+        async with db.acquire() as writer, db.acquire() as changer:
+            async with changer.transaction():
+                assert await changer.fetchval("SELECT flowscribe.set_reporting_time_zone('America/New_York')")
+                write = asyncio.create_task(write_batch(writer, [stored_callback(payload)]))
+                await eventually(lambda: waiting_for_lock(db, writer.get_server_pid()),
+                                 what="the writer waiting for the change of zone")
+                assert not write.done()
+            await write
+        # It read the zone after the change committed, not the UTC it would have seen before.
+        assert await db.fetchval("SELECT day FROM flowscribe.conversation_summaries") == datetime.date(2025, 12, 31)
 
 
 class TestMigration:
