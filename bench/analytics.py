@@ -1,8 +1,10 @@
 """``python -m bench --only analytics``: what the analytics views cost and what they save.
 
-1. The worker's cost of writing the summaries: drains of the same typical backlog by the
-   product's worker, with the summaries and without (``bench.launch --no-summaries``),
-   interleaved, so drift hits both alike.
+1. The worker's cost of writing the summaries: drains of the same backlog by the product's
+   worker, with the summaries and without (``bench.launch --no-summaries``), interleaved, so
+   drift hits both alike; of small callbacks (a few sentences: the summaries' share is the
+   largest) and of typical ones, each drain large enough that a cost growing with the tables
+   shows (its batches' time in the first and the last tenth of the drain).
 2. SQL or Python: ``flowscribe.summarise()`` (what the worker runs) against the prototype in
    ``bench/summary_python.py``, on the same batches of 100 decoded typical callbacks.
 3. A history of HISTORY_N typical conversations over HISTORY_DAYS days and HISTORY_AGENTS
@@ -44,8 +46,8 @@ HISTORY_AGENTS = 50
 HISTORY_TEMPLATES = 32
 HISTORY_END = datetime.datetime(2026, 3, 1, tzinfo=datetime.UTC)
 WINDOW_DAYS = 30
-COST_PAIRS = 5
-COST_N = 600
+COST_PAIRS = 3
+COST_N = {"small": 20_000, "typical": 2_000}  # callbacks per drain
 VIEWS = ("conversations", "agent_daily", "sentiment_daily", "topics_daily", "intents_daily", "keywords_daily",
          "entities_daily")
 
@@ -53,21 +55,26 @@ VIEWS = ("conversations", "agent_daily", "sentiment_daily", "topics_daily", "int
 # --- 1. the worker with and without summaries --------------------------------------------------
 
 
-async def worker_cost(services: Any, bodies: Any, out: Path, n: int) -> dict[str, Any]:
+async def worker_cost(services: Any, bodies: Any, out: Path, size: str, n: int) -> dict[str, Any]:
     runs: dict[str, list[float]] = {"with": [], "without": []}
+    batch_ms: dict[str, list[dict[str, float]]] = {"with": [], "without": []}
     for i in range(COST_PAIRS):
         for name, flags in (("with", ()), ("without", ("--no-summaries",))):
-            r = await drain(services, out, f"analytics-{name}-{i}", bodies.variants("typical", "json", start=i * 10**6),
-                            n, "application/json", flags=flags)
+            r = await drain(services, out, f"analytics-{size}-{name}-{i}",
+                            bodies.variants(size, "json", start=i * 10**7), n, "application/json", flags=flags)
             if not r["verified"]:
-                raise RuntimeError(f"drain {name} {i} did not land every callback")
+                raise RuntimeError(f"drain {size} {name} {i} did not land every callback")
             runs[name].append(r["payloads_per_s"])
+            batch_ms[name].append(r["batch_ms"])
     with_, without = statistics.median(runs["with"]), statistics.median(runs["without"])
     pair_ratios = [round(w / wo, 3) for w, wo in zip(runs["with"], runs["without"], strict=True)]
     ratio = statistics.median(pair_ratios)
-    return {"payloads": n, "pairs": COST_PAIRS, "with_per_s": runs["with"], "without_per_s": runs["without"],
-            "median_with": with_, "median_without": without, "pair_ratios": pair_ratios, "ratio": ratio,
-            "cost_percent": round(100 * (1 - ratio), 1)}
+    return {"size": size, "payloads": n, "pairs": COST_PAIRS, "with_per_s": runs["with"],
+            "without_per_s": runs["without"], "median_with": with_, "median_without": without,
+            "pair_ratios": pair_ratios, "ratio": ratio, "cost_percent": round(100 * (1 - ratio), 1),
+            "batch_ms": {name: {tenth: round(statistics.median(b[tenth] for b in batches), 1)
+                                for tenth in ("first_tenth", "last_tenth") if all(tenth in b for b in batches)}
+                         for name, batches in batch_ms.items()}}
 
 
 # --- 2. the summaries in SQL or in Python ---------------------------------------------------------
@@ -340,10 +347,14 @@ async def run(services: Any, bodies: Any, out: Path, quick: bool = False) -> dic
     when = datetime.datetime.now(datetime.UTC).isoformat(timespec="minutes")
     results: dict[str, Any] = {"code": _commit(), "when": when}
     full = not quick
-    say(f"analytics 1/3: worker with and without summaries, {COST_PAIRS} pairs of {COST_N} typical")
-    results["worker_cost"] = await worker_cost(services, bodies, out, COST_N if full else COST_N // 4)
-    say(f"  with summaries {results['worker_cost']['median_with']}/s, without"
-         f" {results['worker_cost']['median_without']}/s: ratio {results['worker_cost']['ratio']}")
+    results["worker_cost"] = []
+    for size, n in COST_N.items():
+        n = n if full else n // 10
+        say(f"analytics 1/3: worker with and without summaries, {COST_PAIRS} pairs of {n:,} {size}")
+        cost = await worker_cost(services, bodies, out, size, n)
+        results["worker_cost"].append(cost)
+        say(f"  {size}: with summaries {cost['median_with']}/s, without {cost['median_without']}/s:"
+            f" ratio {cost['ratio']}")
     await services.reset()
     n = HISTORY_N if full else HISTORY_N // 10
     say(f"analytics 2/3: a history of {n:,} typical conversations, {HISTORY_DAYS} days, {HISTORY_AGENTS} agents")
@@ -366,7 +377,7 @@ async def run(services: Any, bodies: Any, out: Path, quick: bool = False) -> dic
 
 
 def report(r: dict[str, Any]) -> str:
-    c, h, s = r["worker_cost"], r["history"], r["sql_or_python"]
+    cost, h, s = r["worker_cost"], r["history"], r["sql_or_python"]
     lines = [
         "# Analytics views: what they cost, what they save",
         "",
@@ -375,16 +386,24 @@ def report(r: dict[str, Any]) -> str:
         "",
         "## The worker with the summaries against without",
         "",
-        f"Drains of {c['payloads']} typical JSON callbacks by the product's worker process, {c['pairs']} pairs"
-        " interleaved (with, without, ...); payloads/s:",
-        "",
-        "| | runs | median |",
-        "|---|---|---:|",
-        f"| with summaries | {', '.join(map(str, c['with_per_s']))} | {c['median_with']} |",
-        f"| without (`--no-summaries`) | {', '.join(map(str, c['without_per_s']))} | {c['median_without']} |",
-        f"| **with ÷ without** (median of the pairs' ratios {', '.join(map(str, c['pair_ratios']))}) | |"
-        f" **{c['ratio']}** ({c['cost_percent']}% cost) |",
-        "",
+    ]
+    for c in cost:
+        ms = c["batch_ms"]
+        lines += [
+            f"Drains of {c['payloads']:,} queued {c['size']} JSON callbacks by the product's worker process,"
+            f" {c['pairs']} pairs interleaved (with, without, ...); payloads/s:",
+            "",
+            "| | runs | median | ms per batch, first / last tenth of the drain |",
+            "|---|---|---:|---:|",
+            f"| with summaries | {', '.join(map(str, c['with_per_s']))} | {c['median_with']} |"
+            f" {ms['with'].get('first_tenth', '-')} / {ms['with'].get('last_tenth', '-')} |",
+            f"| without (`--no-summaries`) | {', '.join(map(str, c['without_per_s']))} | {c['median_without']} |"
+            f" {ms['without'].get('first_tenth', '-')} / {ms['without'].get('last_tenth', '-')} |",
+            f"| **with ÷ without** (median of the pairs' ratios {', '.join(map(str, c['pair_ratios']))}) | |"
+            f" **{c['ratio']}** ({c['cost_percent']}% cost) | |",
+            "",
+        ]
+    lines += [
         "Wall-clock drains on a shared machine vary a lot from run to run; the CPU time of the same"
         " work is steadier. While the history below was written (batches of 100 typical callbacks through"
         " the worker's `write_batch`, every other one without its summaries), CPU ms per batch:",
