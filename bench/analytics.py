@@ -195,7 +195,7 @@ async def load_history(conn: asyncpg.Connection, n: int) -> dict[str, Any]:
             "database_cpu_ratio": round(per_batch["with"]["database"] / per_batch["without"]["database"], 3),
             "rows": {t: await conn.fetchval(f"SELECT count(*) FROM flowscribe.{t}")
                      for t in ("analyses", "sentences", "sentence_scorings", "sentence_topics",
-                               "conversation_summaries", "conversation_terms")},
+                               "conversation_summaries")},
             "table_mb": {k: round(v / 2**20, 1) for k, v in sorted(sizes.items())}}
 
 

@@ -35,7 +35,7 @@ BASE_DATABASE_URL = os.environ.get("FLOWSCRIBE_BENCH_DATABASE_URL", "postgresql:
 BASE_AMQP_URL = os.environ.get("FLOWSCRIBE_BENCH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 TABLES = (
     "callbacks", "jobs", "analyses", "sentences", "sentence_entities", "sentence_intents",
-    "sentence_keywords", "sentence_scorings", "sentence_topics", "conversation_summaries", "conversation_terms",
+    "sentence_keywords", "sentence_scorings", "sentence_topics", "conversation_summaries",
 )
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -101,7 +101,7 @@ async def _copy(conn: Connection, table: str, columns: list[str], records: list[
 
 
 async def write_summaries(conn: Connection, analysis_ids: list[uuid.UUID]) -> dict[str, int]:
-    """(Re)write the per-conversation summaries the analytics views read (migration 0003).
+    """(Re)write the per-conversation summaries the analytics views read (migrations 0003, 0007).
 
     Computed by PostgreSQL from the rows just written, in the same transaction: exactly as
     current as the rows, and one definition shared with the migration that backfills them.
@@ -110,9 +110,8 @@ async def write_summaries(conn: Connection, analysis_ids: list[uuid.UUID]) -> di
     """
     if not analysis_ids:
         return {}
-    written = await conn.fetchrow(f"SELECT * FROM {SCHEMA}.summarise($1::uuid[])", analysis_ids)
-    assert written is not None
-    return {"conversation_summaries": written["summaries"], "conversation_terms": written["terms"]}
+    written: int = await conn.fetchval(f"SELECT {SCHEMA}.summarise($1::uuid[])", analysis_ids)
+    return {"conversation_summaries": written}
 
 
 async def _write(conn: Connection, plan: Plan, stored: set[uuid.UUID]) -> dict[str, int]:

@@ -39,7 +39,7 @@ BASE_DATABASE_URL = os.environ.get(
 BASE_AMQP_URL = os.environ.get("FLOWSCRIBE_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 TABLES = (
     "callbacks", "jobs", "analyses", "sentences", "sentence_entities", "sentence_intents",
-    "sentence_keywords", "sentence_scorings", "sentence_topics", "conversation_summaries", "conversation_terms",
+    "sentence_keywords", "sentence_scorings", "sentence_topics", "conversation_summaries",
 )
 # Tables the worker writes apart from the callbacks' rows (not counted in flowscribe_rows_written).
 SIDE_TABLES = ("schema_drift",)

@@ -310,8 +310,8 @@ class TestViews:
             expected = oracle([payload], received_times([Sent(payload, RECEIVED)]), "UTC")
             await assert_views_match(db, expected)
             # Summaries damaged by hand (or by a bug since fixed) are rewritten by a reprocess.
-            await conn.execute("UPDATE flowscribe.conversation_summaries SET score_quality = -1")
-            await conn.execute("DELETE FROM flowscribe.conversation_terms")
+            await conn.execute("UPDATE flowscribe.conversation_summaries"
+                               " SET score_quality = -1, topics = '{}', topic_mentions = '{}'")
             await write_batch(conn, [dataclasses.replace(callback, reprocess=True)])
         await assert_views_match(db, expected)
 
@@ -333,12 +333,14 @@ class TestSummarise:
 
     async def test_a_batch_scans_no_table_whole(self, db):
         # Tables that were never analysed (a new database, autovacuum behind) are where the
-        # planner used to choose sequential scans: of every term stored, in every batch.
+        # planner used to choose sequential scans: of every term stored, in every batch
+        # (before migration 0007).
         sent, _ = history()
         async with db.acquire() as conn:
             for item in sent:
                 await write_batch(conn, [stored_callback(item.payload, item.received_at)])
-            assert await conn.fetchval("SELECT count(*) FROM flowscribe.conversation_terms") > 0
+            assert await conn.fetchval(
+                "SELECT count(*) FROM flowscribe.conversation_summaries WHERE topics <> '{}'") > 0
             # Every statement finds rows: each summary and its terms are replaced.
             ids = [r["id"] for r in await conn.fetch("SELECT id FROM flowscribe.analyses")]
             scans = ("SELECT relname, seq_scan, idx_scan FROM pg_stat_xact_user_tables"
@@ -350,7 +352,7 @@ class TestSummarise:
                 after = {r["relname"]: (r["seq_scan"], r["idx_scan"]) for r in await conn.fetch(scans)}
         seq_scanned = [t for t, (seq, _) in after.items() if seq > before.get(t, (0, 0))[0]]
         assert seq_scanned == []
-        assert after["conversation_terms"][1] > before.get("conversation_terms", (0, 0))[1]
+        assert after["sentence_topics"][1] > before.get("sentence_topics", (0, 0))[1]
 
     async def test_a_change_of_zone_waits_for_a_summary_in_flight(self, db, reporting_zone):
         payload = conversation(90, AGENTS[0], datetime.datetime(2026, 1, 1, 3, 0, tzinfo=UTC))
@@ -366,8 +368,6 @@ class TestSummarise:
             assert await change is True
         # Written under UTC, moved by the change once it had committed: New York's day.
         assert await db.fetchval("SELECT day FROM flowscribe.conversation_summaries") == datetime.date(2025, 12, 31)
-        assert set(await db.fetch("SELECT DISTINCT day FROM flowscribe.conversation_terms")) == {
-            (datetime.date(2025, 12, 31),)}
 
     async def test_a_summary_written_during_a_change_of_zone_is_in_the_new_zone(self, db, reporting_zone):
         payload = conversation(91, AGENTS[1], datetime.datetime(2026, 1, 1, 3, 0, tzinfo=UTC))
@@ -412,14 +412,15 @@ class TestMigration:
                                                   decode_payload(body, "application/json"))])
             before = [dict(r) for r in await conn.fetch(
                 "SELECT * FROM flowscribe_analytics.conversations ORDER BY analysis_id")]
-            # The database as it was before 0003, with the same rows.
+            # The database as it was before 0003, with the same rows. 0003 summarises them into
+            # conversation_terms, whose counts 0007 moves into the summaries.
             await conn.execute("""
                 DROP SCHEMA flowscribe_analytics CASCADE;
-                DROP TABLE flowscribe.conversation_summaries, flowscribe.conversation_terms, flowscribe.reporting;
+                DROP TABLE flowscribe.conversation_summaries, flowscribe.reporting;
                 DROP FUNCTION flowscribe.summarise, flowscribe.set_reporting_time_zone;
-                DELETE FROM flowscribe.schema_migrations WHERE version LIKE '0003%';
+                DELETE FROM flowscribe.schema_migrations WHERE version LIKE '0003%' OR version LIKE '0007%';
             """)
-            assert await migrate(scratch) == ["0003_analytics"]
+            assert await migrate(scratch) == ["0003_analytics", "0007_cheaper_summaries"]
             after = [dict(r) for r in await conn.fetch(
                 "SELECT * FROM flowscribe_analytics.conversations ORDER BY analysis_id")]
             assert len(after) == len(stored) and after == before
