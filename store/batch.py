@@ -110,8 +110,9 @@ async def write_summaries(conn: Connection, analysis_ids: list[uuid.UUID]) -> di
     """
     if not analysis_ids:
         return {}
-    written: int = await conn.fetchval(f"SELECT {SCHEMA}.summarise($1::uuid[])", analysis_ids)
-    return {"conversation_summaries": written}
+    written = await conn.fetchrow(f"SELECT * FROM {SCHEMA}.summarise($1::uuid[])", analysis_ids)
+    assert written is not None
+    return {"conversation_summaries": written["summaries"]}
 
 
 async def _write(conn: Connection, plan: Plan, stored: set[uuid.UUID]) -> dict[str, int]:

@@ -54,20 +54,20 @@ WHERE t.analysis_id = s.analysis_id;
 
 -- (Re)write the summaries of the given analyses from their stored rows; an id with no stored
 -- analysis loses its summary. The worker calls it for every analysis it stores, after its rows.
--- Returns the number of summaries written (the worker counts them in its metrics).
-DROP FUNCTION flowscribe.summarise(uuid[]);
-CREATE FUNCTION flowscribe.summarise(ids uuid[]) RETURNS integer
+-- Returns the summaries written and the distinct terms they hold: the signature of 0003's, which
+-- workers of the version before keep calling during a rolling upgrade.
+CREATE OR REPLACE FUNCTION flowscribe.summarise(ids uuid[], OUT summaries integer, OUT terms integer)
 LANGUAGE plpgsql
 SET enable_seqscan = off                  -- (2) above
 SET plan_cache_mode = force_generic_plan  -- (2) above
 AS $$
 DECLARE
     zone text;
-    written integer;
 BEGIN
     PERFORM pg_advisory_xact_lock_shared(0, 2026003);  -- (3) above; see set_reporting_time_zone
     SELECT time_zone INTO zone FROM flowscribe.reporting;
     DELETE FROM flowscribe.conversation_summaries WHERE analysis_id = ANY (ids);
+    WITH written AS (
     INSERT INTO flowscribe.conversation_summaries
     SELECT a.id, a.callback_id, a.job_id, a.language_code, a.date_created, a.received_at,
            (coalesce(a.date_created, a.received_at) AT TIME ZONE zone)::date,
@@ -77,7 +77,7 @@ BEGIN
            sc.silence_percentage, sc.problem_resolution_percentage, sc.customer_effort_percentage,
            sc.customer_average_rating, sc.waiting_time, sc.cross_talking, sc.joy, sc.negativity,
            sc.anger, sc.shouting, sc.disgust, sc.fear, sc.sadness, sc.relevance, sc.sentiment_score,
-           tp.terms, tp.mentions, it.terms, it.mentions, kw.terms, kw.mentions, en.terms, en.mentions
+           tp.names, tp.counts, it.names, it.counts, kw.names, kw.counts, en.names, en.counts
     FROM flowscribe.analyses AS a
     CROSS JOIN LATERAL (
         SELECT count(*) AS sentences,
@@ -105,32 +105,33 @@ BEGIN
         FROM flowscribe.sentence_scorings AS c WHERE c.analysis_id = a.id
     ) AS sc
     CROSS JOIN LATERAL (
-        SELECT coalesce(array_agg(g.term ORDER BY g.mentions DESC, g.term COLLATE "C"), '{}') AS terms,
-               coalesce(array_agg(g.mentions ORDER BY g.mentions DESC, g.term COLLATE "C"), '{}') AS mentions
+        SELECT coalesce(array_agg(g.term ORDER BY g.mentions DESC, g.term COLLATE "C"), '{}') AS names,
+               coalesce(array_agg(g.mentions ORDER BY g.mentions DESC, g.term COLLATE "C"), '{}') AS counts
         FROM (SELECT x.topic AS term, count(*)::integer AS mentions FROM flowscribe.sentence_topics AS x
               WHERE x.analysis_id = a.id AND x.topic IS NOT NULL GROUP BY x.topic) AS g
     ) AS tp
     CROSS JOIN LATERAL (
-        SELECT coalesce(array_agg(g.term ORDER BY g.mentions DESC, g.term COLLATE "C"), '{}') AS terms,
-               coalesce(array_agg(g.mentions ORDER BY g.mentions DESC, g.term COLLATE "C"), '{}') AS mentions
+        SELECT coalesce(array_agg(g.term ORDER BY g.mentions DESC, g.term COLLATE "C"), '{}') AS names,
+               coalesce(array_agg(g.mentions ORDER BY g.mentions DESC, g.term COLLATE "C"), '{}') AS counts
         FROM (SELECT x.intent AS term, count(*)::integer AS mentions FROM flowscribe.sentence_intents AS x
               WHERE x.analysis_id = a.id AND x.intent IS NOT NULL GROUP BY x.intent) AS g
     ) AS it
     CROSS JOIN LATERAL (
-        SELECT coalesce(array_agg(g.term ORDER BY g.mentions DESC, g.term COLLATE "C"), '{}') AS terms,
-               coalesce(array_agg(g.mentions ORDER BY g.mentions DESC, g.term COLLATE "C"), '{}') AS mentions
+        SELECT coalesce(array_agg(g.term ORDER BY g.mentions DESC, g.term COLLATE "C"), '{}') AS names,
+               coalesce(array_agg(g.mentions ORDER BY g.mentions DESC, g.term COLLATE "C"), '{}') AS counts
         FROM (SELECT x.keyword AS term, count(*)::integer AS mentions FROM flowscribe.sentence_keywords AS x
               WHERE x.analysis_id = a.id AND x.keyword IS NOT NULL GROUP BY x.keyword) AS g
     ) AS kw
     CROSS JOIN LATERAL (
-        SELECT coalesce(array_agg(g.term ORDER BY g.mentions DESC, g.term COLLATE "C"), '{}') AS terms,
-               coalesce(array_agg(g.mentions ORDER BY g.mentions DESC, g.term COLLATE "C"), '{}') AS mentions
+        SELECT coalesce(array_agg(g.term ORDER BY g.mentions DESC, g.term COLLATE "C"), '{}') AS names,
+               coalesce(array_agg(g.mentions ORDER BY g.mentions DESC, g.term COLLATE "C"), '{}') AS counts
         FROM (SELECT x.entity_name AS term, count(*)::integer AS mentions FROM flowscribe.sentence_entities AS x
               WHERE x.analysis_id = a.id AND x.entity_name IS NOT NULL GROUP BY x.entity_name) AS g
     ) AS en
-    WHERE a.id = ANY (ids);
-    GET DIAGNOSTICS written = ROW_COUNT;
-    RETURN written;
+    WHERE a.id = ANY (ids)
+    RETURNING cardinality(topics) + cardinality(intents) + cardinality(keywords) + cardinality(entities) AS n
+    )
+    SELECT count(*), coalesce(sum(n), 0) INTO summaries, terms FROM written;
 END
 $$;
 
