@@ -105,8 +105,9 @@ async def write_summaries(conn: Connection, analysis_ids: list[uuid.UUID]) -> di
 
     Computed by PostgreSQL from the rows just written, in the same transaction: exactly as
     current as the rows, and one definition shared with the migration that backfills them.
-    In Python from the decoded payloads it cost more CPU, most of it the worker's
-    (bench/ANALYTICS.md). Returns the rows written per table.
+    In Python from the decoded payloads it cost about as much CPU, nearly all of it the
+    worker's, the busiest process of a deployment (bench/ANALYTICS.md). Returns the rows
+    written per table.
     """
     if not analysis_ids:
         return {}
