@@ -348,8 +348,12 @@ class TestSummarise:
             async with conn.transaction():
                 # The backend's counts not yet reported include earlier transactions': a difference.
                 before = {r["relname"]: (r["seq_scan"], r["idx_scan"]) for r in await conn.fetch(scans)}
-                await conn.fetchrow("SELECT * FROM flowscribe.summarise($1::uuid[])", ids)
+                written = await conn.fetchrow("SELECT * FROM flowscribe.summarise($1::uuid[])", ids)
                 after = {r["relname"]: (r["seq_scan"], r["idx_scan"]) for r in await conn.fetch(scans)}
+                # What workers of the version before 0007 read from it, as they read it.
+                assert dict(written) == {"summaries": len(ids), "terms": await conn.fetchval(
+                    "SELECT sum(cardinality(topics) + cardinality(intents) + cardinality(keywords)"
+                    " + cardinality(entities)) FROM flowscribe.conversation_summaries")}
         seq_scanned = [t for t, (seq, _) in after.items() if seq > before.get(t, (0, 0))[0]]
         assert seq_scanned == []
         assert after["sentence_topics"][1] > before.get("sentence_topics", (0, 0))[1]
