@@ -23,7 +23,6 @@ order spreads them over the survivors as evenly as it spread them at start.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import socket
@@ -114,10 +113,21 @@ async def _connect(url: str, timeout: float) -> AbstractConnection:
     try:
         await connection.connect(timeout=timeout)
     except BaseException:
-        with contextlib.suppress(Exception):
-            await connection.close()
+        await _close_briefly(connection)
         raise
     return connection
+
+
+async def _close_briefly(connection: AbstractConnection) -> None:
+    """Close politely if the broker still listens, but never wait long.
+
+    Closing a connection that died unnoticed can hang, and so can closing one whose opening
+    was cancelled half-way (aio-pika waits for it to be ready); cancelling that close (as
+    wait_for would) can hang as well. So the close runs on its own, for two seconds at most.
+    """
+    closing = asyncio.ensure_future(connection.close())
+    closing.add_done_callback(_ignore_result)
+    await asyncio.wait({closing}, timeout=2.0)
 
 
 def _close_listener(lost: asyncio.Future[BaseException | None]) -> Callable[..., None]:
@@ -191,11 +201,15 @@ class BrokerSession(Generic[Declared]):
         await self.close()
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        task, self._task = self._task, None
+        if task is None:
+            return
+        # A cancellation can be lost: Python 3.11's wait_for swallows one that races the
+        # result it waits for (aio-pika's connect uses it). Cancel until the task has ended.
+        while not task.done():
+            task.cancel()
+            await asyncio.wait({task}, timeout=1.0)
+        _ignore_result(task)
 
     async def _run(self) -> None:
         backoff = 0.2
@@ -248,12 +262,7 @@ class BrokerSession(Generic[Declared]):
         self._channel, self._topology, self.url = None, None, None
         connection, self._connection = self._connection, None
         if connection is not None and not connection.is_closed:
-            # Close politely if the broker still listens, but never wait long:
-            # closing a connection that died unnoticed can hang, and cancelling
-            # that close (as wait_for would) can hang as well.
-            closing = asyncio.ensure_future(connection.close())
-            closing.add_done_callback(_ignore_result)
-            await asyncio.wait({closing}, timeout=2.0)
+            await _close_briefly(connection)
 
 
 def _ignore_result(task: asyncio.Future[Any]) -> None:
