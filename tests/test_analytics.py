@@ -92,6 +92,12 @@ def failed_job() -> dict[str, Any]:
     return payload
 
 
+def stored_callback(payload: dict[str, Any], received_at: datetime.datetime = RECEIVED) -> Callback:
+    body = json.dumps(payload).encode()
+    return Callback(uuid.uuid4(), received_at, "application/json", hashlib.sha256(body).hexdigest(), body,
+                    decode_payload(body, "application/json"))
+
+
 @dataclasses.dataclass
 class Sent:
     payload: dict[str, Any]
@@ -302,9 +308,7 @@ class TestViews:
     async def test_reprocess_rewrites_a_summary(self, db):
         """The summary follows the stored rows through the store path, reprocessing included."""
         payload = conversation(80, AGENTS[0], datetime.datetime(2026, 1, 1, 12, tzinfo=UTC))
-        body = json.dumps(payload).encode()
-        callback = Callback(uuid.uuid4(), RECEIVED, "application/json", hashlib.sha256(body).hexdigest(), body,
-                            decode_payload(body, "application/json"))
+        callback = stored_callback(payload)
         async with db.acquire() as conn:
             await write_batch(conn, [callback])
             expected = oracle([payload], received_times([Sent(payload, RECEIVED)]), "UTC")
@@ -314,12 +318,6 @@ class TestViews:
                                " SET score_quality = -1, topics = '{}', topic_mentions = '{}'")
             await write_batch(conn, [dataclasses.replace(callback, reprocess=True)])
         await assert_views_match(db, expected)
-
-
-def stored_callback(payload: dict[str, Any], received_at: datetime.datetime = RECEIVED) -> Callback:
-    body = json.dumps(payload).encode()
-    return Callback(uuid.uuid4(), received_at, "application/json", hashlib.sha256(body).hexdigest(), body,
-                    decode_payload(body, "application/json"))
 
 
 async def waiting_for_lock(db: asyncpg.Pool, pid: int) -> bool:
