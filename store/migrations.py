@@ -13,7 +13,7 @@ from importlib import resources
 
 import asyncpg
 
-from store.analytics import set_reporting_time_zone, summarise_missing
+from store.analytics import repair_summaries, set_reporting_time_zone
 from store.connection import connect
 
 log = logging.getLogger("schemas.migrations")  # the name in the log schema, from before the move
@@ -88,7 +88,7 @@ async def migrate(dsn: str, reporting_time_zone: str = "") -> list[str]:
             log.info("migration applied", extra={"version": version})
         if reporting_time_zone:
             await set_reporting_time_zone(conn, reporting_time_zone)
-        await summarise_missing(conn)
+        await repair_summaries(conn)
     finally:
         await conn.close()
     return applied_now

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import copy
 import dataclasses
 import datetime
 import hashlib
@@ -448,6 +449,42 @@ class TestMigration:
                 await admin.execute(f'DROP DATABASE IF EXISTS "{scratch.rsplit("/", 1)[1]}" WITH (FORCE)')
             finally:
                 await admin.close()
+
+    async def test_a_summary_of_a_replaced_version_is_rewritten(self, database_url, db):
+        """An analysis summarised by `migrate` and then replaced by a worker that writes no summary
+        (one from before 0003, still running during a rolling upgrade) keeps the replaced version's
+        summary; the next `migrate` rewrites it, whatever else of the analysis changed."""
+        first = conversation(100, AGENTS[0], datetime.datetime(2026, 1, 1, 3, 0, tzinfo=UTC))
+        second = conversation(101, AGENTS[2], datetime.datetime(2026, 1, 2, 20, 0, tzinfo=UTC))
+        second["ConversationAnalysisModel"]["ID"] = first["ConversationAnalysisModel"]["ID"]
+        # Another analysis whose newer version has the same figures: only the callback it came
+        # from (and when) tells its summary from a right one.
+        same = conversation(102, AGENTS[1], datetime.datetime(2026, 1, 1, 12, 0, tzinfo=UTC))
+        retold = copy.deepcopy(same)
+        retold["ConversationAnalysisModel"]["ConversationText"] += " "
+        later = RECEIVED + datetime.timedelta(hours=1)
+        newer = [stored_callback(second, later), stored_callback(retold, later)]
+        async with db.acquire() as conn:
+            await write_batch(conn, [stored_callback(first), stored_callback(same)])
+            summaries = await conn.fetch("SELECT * FROM flowscribe.conversation_summaries")
+            # The old worker stores the newer versions and leaves the summaries as they were.
+            await write_batch(conn, newer)
+            async with conn.transaction():
+                await conn.execute("DELETE FROM flowscribe.conversation_summaries")
+                await conn.copy_records_to_table("conversation_summaries", schema_name="flowscribe",
+                                                 records=[tuple(r.values()) for r in summaries])
+        stale = await db.fetchval("SELECT count(*) FROM flowscribe.conversation_summaries AS s"
+                                  " JOIN flowscribe.analyses AS a ON a.id = s.analysis_id"
+                                  " WHERE a.callback_id <> s.callback_id")
+        assert stale == 2  # the defect's state: the views name the replaced versions
+
+        assert await migrate(database_url) == []
+        await assert_views_match(db, oracle([second, retold], received_times(
+            [Sent(second, later), Sent(retold, later)]), "UTC"))
+        assert {r["analysis_id"]: r["callback_id"] for r in await db.fetch(
+            "SELECT analysis_id, callback_id FROM flowscribe_analytics.conversations")} == {
+            c.analysis.ID: c.id for c in newer if c.analysis is not None}
+
 
 
 # --- the dashboard ----------------------------------------------------------------------------
