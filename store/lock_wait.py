@@ -30,7 +30,7 @@ T = TypeVar("T")
 class LockWait:
     """How long a statement may wait for a lock, and how long to keep trying in all."""
 
-    timeout: float = 1.0  # seconds one statement waits for a lock before the transaction lets go
+    timeout: float = 0.5  # seconds one statement waits for a lock before the transaction lets go
     first_pause: float = 0.2  # seconds before the first retry; doubled each time, with jitter
     longest_pause: float = 5.0
     give_up_after: float = 600.0  # seconds of retrying before the error is the caller's
