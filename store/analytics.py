@@ -91,15 +91,23 @@ class Disagreement:
     why: str  # MISSING, OTHER_VERSION, OTHER_DAY or ANALYSIS_GONE
 
 
-async def disagreements(conn: Connection, page: int = 5000) -> AsyncIterator[list[Disagreement]]:
-    """Every summary that disagrees with the stored analysis, a page at a time.
+@dataclasses.dataclass(frozen=True, slots=True)
+class Page:
+    table: str  # "analyses" or "conversation_summaries": the table read in key order
+    rows: int  # its rows read
+    found: list[Disagreement]
+
+
+async def disagreements(conn: Connection, page: int = 5000) -> AsyncIterator[Page]:
+    """Every summary that disagrees with the stored analysis: each stored analysis, then each
+    summary, a page at a time.
 
     Each page is one short statement of its own (no snapshot held across the scan, nothing
-    locked), reading both tables in key order from where the last page ended. What a worker
+    locked), reading a table in key order from where the last page ended. What a worker
     writes meanwhile is right by construction; what a page reads may already be put right
     when the caller acts on it, and acting again does no harm.
     """
-    for sql in (_ANALYSES_PAGE, _SUMMARIES_PAGE):
+    for table, sql in (("analyses", _ANALYSES_PAGE), ("conversation_summaries", _SUMMARIES_PAGE)):
         last: uuid.UUID | None = None
         while True:
             rows = await conn.fetch(sql.format(after=">=" if last is None else ">"),
@@ -107,9 +115,7 @@ async def disagreements(conn: Connection, page: int = 5000) -> AsyncIterator[lis
             if not rows:
                 break
             last = rows[-1]["id"]
-            found = [Disagreement(r["id"], r["why"]) for r in rows if r["why"] is not None]
-            if found:
-                yield found
+            yield Page(table, len(rows), [Disagreement(r["id"], r["why"]) for r in rows if r["why"] is not None])
             if len(rows) < page:
                 break
 
@@ -126,8 +132,8 @@ async def repair_summaries(conn: Connection, chunk: int = 200, wait: LockWait = 
     for long.
     """
     repaired = 0
-    async for found in disagreements(conn):
-        ids = [d.analysis_id for d in found]
+    async for page in disagreements(conn):
+        ids = [d.analysis_id for d in page.found]
         for start in range(0, len(ids), chunk):
             part = ids[start:start + chunk]
 
@@ -136,6 +142,7 @@ async def repair_summaries(conn: Connection, chunk: int = 200, wait: LockWait = 
                 await write_summaries(conn, part)
 
             await in_transaction(conn, "summaries", rewrite, wait)
-        repaired += len(ids)
-        log.info("analytics summaries put right", extra={"analyses": repaired})
+        if ids:
+            repaired += len(ids)
+            log.info("analytics summaries put right", extra={"analyses": repaired})
     return repaired

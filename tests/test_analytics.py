@@ -29,6 +29,7 @@ from store.analytics import SUMMARY_FIGURES, UnknownTimeZone, set_reporting_time
 from store.batch import write_batch
 from store.migrations import migrate
 from tests.support import CliProcess, eventually, service_env
+from tests.test_ops import ops
 from tests.test_pipeline import publish_as_gateway
 
 DASHBOARD = Path(__file__).resolve().parent.parent / "deploy" / "grafana-analytics-dashboard.json"
@@ -450,7 +451,7 @@ class TestMigration:
             finally:
                 await admin.close()
 
-    async def test_a_summary_of_a_replaced_version_is_rewritten(self, database_url, db):
+    async def test_a_summary_of_a_replaced_version_is_rewritten(self, database_url, db, settings):
         """An analysis summarised by `migrate` and then replaced by a worker that writes no summary
         (one from before 0003, still running during a rolling upgrade) keeps the replaced version's
         summary; the next `migrate` rewrites it, whatever else of the analysis changed."""
@@ -477,13 +478,37 @@ class TestMigration:
                                   " JOIN flowscribe.analyses AS a ON a.id = s.analysis_id"
                                   " WHERE a.callback_id <> s.callback_id")
         assert stale == 2  # the defect's state: the views name the replaced versions
+        # A summary with a day of another zone, and one whose analysis is gone, are put right too.
+        shifted = conversation(103, AGENTS[0], datetime.datetime(2026, 1, 1, 12, 0, tzinfo=UTC))
+        shifted_callback = stored_callback(shifted)
+        async with db.acquire() as conn:
+            await write_batch(conn, [shifted_callback])
+        shifted_id = uuid.UUID(shifted["ConversationAnalysisModel"]["ID"])
+        gone = uuid.UUID(int=7)
+        await db.execute("UPDATE flowscribe.conversation_summaries SET day = day - 1 WHERE analysis_id = $1",
+                         shifted_id)
+        await db.execute("INSERT INTO flowscribe.conversation_summaries SELECT (jsonb_populate_record(s,"
+                         " jsonb_build_object('analysis_id', $1::uuid))).* FROM flowscribe.conversation_summaries"
+                         " AS s LIMIT 1", gone)
+
+        # What the operator's check says of it (changing nothing), and after the repair.
+        check = await ops(settings, "summaries", "check", "--json")
+        replaced = [uuid.UUID(p["ConversationAnalysisModel"]["ID"]) for p in (second, retold)]
+        expected = sorted([(i, "another version") for i in replaced] + [(shifted_id, "another day")])
+        assert check.code == 1 and json.loads(check.out) == {
+            "agree": False, "analyses": 3, "summaries": 4, "disagreeing": 4, "missing": 0, "another_version": 2,
+            "another_day": 1, "analysis_gone": 1,
+            "examples": [{"analysis_id": str(i), "why": why} for i, why in [*expected, (gone, "analysis gone")]]}
+        assert await ops(settings, "summaries", "check", "--json") == check  # it changed nothing
 
         assert await migrate(database_url) == []
-        await assert_views_match(db, oracle([second, retold], received_times(
-            [Sent(second, later), Sent(retold, later)]), "UTC"))
+        await assert_views_match(db, oracle([second, retold, shifted], received_times(
+            [Sent(second, later), Sent(retold, later), Sent(shifted, RECEIVED)]), "UTC"))
         assert {r["analysis_id"]: r["callback_id"] for r in await db.fetch(
             "SELECT analysis_id, callback_id FROM flowscribe_analytics.conversations")} == {
-            c.analysis.ID: c.id for c in newer if c.analysis is not None}
+            c.analysis.ID: c.id for c in [*newer, shifted_callback] if c.analysis is not None}
+        check = await ops(settings, "summaries", "check")
+        assert check.code == 0 and "every summary agrees with its analysis (3 analyses, 3 summaries)" in check.out
 
 
 
