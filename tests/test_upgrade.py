@@ -3,9 +3,11 @@ operators, under a sender that never stops: every promise checked at the end.
 
 The previous release runs as an operator has it: its own tree and its own pinned dependencies in
 its own virtualenv (tests/releases.py). Both releases share the test's own database and vhost,
-real PostgreSQL and RabbitMQ. Two gateways stand behind a tiny TCP balancer, as behind a
-Service: a gateway is swapped by starting its successor, putting it in rotation, taking the old
-one out (its open connections finish) and only then stopping it, so the sender sees no refusal.
+real PostgreSQL and RabbitMQ. The gateway stands behind a tiny TCP balancer, as behind a
+Service: it is swapped by starting its successor, putting that in rotation, taking the old one
+out (its open connections finish) and only then stopping it (a surge of one, as a Deployment's
+rolling update with maxSurge 1), so the sender sees no refusal with a single gateway. More
+gateways are swapped the same way, one at a time (System.swap_all).
 """
 
 from __future__ import annotations
@@ -353,8 +355,7 @@ class TestRollingUpgrade:
             await system.balancer.open()
             stack.push_async_callback(system.stop_all)
             try:
-                gateways = list(await asyncio.gather(system.start_gateway(previous_release),
-                                                     system.start_gateway(previous_release)))
+                gateways = [await system.start_gateway(previous_release)]
                 old_worker = await system.start_worker(previous_release)
                 sender = Sender(f"http://127.0.0.1:{system.balancer.port}/flowscribe/callback/{TOKEN}", ledger)
                 sender_task = asyncio.create_task(sender.run())
