@@ -161,7 +161,9 @@ class Sender:
 
     async def _note_landed(self) -> None:
         # A retry of a body still in the queue could land first and take its place: retry only landed ones.
-        candidates = [p for p in self.posts if p.kind in ("new", "newer") and p.message_id and p not in self._landed]
+        known = {p.message_id for p in self._landed}
+        candidates = [p for p in self.posts
+                      if p.kind in ("new", "newer") and p.message_id and p.message_id not in known]
         landed = {str(r["id"]) for r in await self.ledger.fetch(
             "SELECT id FROM flowscribe.callbacks WHERE id = ANY($1::uuid[])", [p.message_id for p in candidates])}
         self._landed += [p for p in candidates if p.message_id in landed]
@@ -341,7 +343,7 @@ async def queue_depths(broker: aio_pika.abc.AbstractChannel) -> dict[str, int]:
 class TestRollingUpgrade:
     async def test_from_the_previous_release_and_back_under_load(self, previous_release, own_services, db):
         settings = own_services
-        system: System | None = None
+        sender: Sender | None = None
         sender_task: asyncio.Task[None] | None = None
         # The previous release creates its schema, as it did when it was deployed.
         async with contextlib.AsyncExitStack() as stack:
@@ -391,8 +393,8 @@ class TestRollingUpgrade:
                 gateways = await system.swap_all(gateways, previous_release)
                 await sender.through("roll back: gateway swap")
             finally:
-                sender.stop()
-                if sender_task is not None:
+                if sender is not None and sender_task is not None:
+                    sender.stop()
                     await sender_task
 
             posts = sender.posts
