@@ -458,3 +458,10 @@ def report(posts: list[Post], outcomes: dict[str, str], delays: dict[str, float]
             row["longest landing s"] = round(max(row["longest landing s"], delays.get(p.message_id, 0.0)), 2)
     for step, row in steps.items():
         print(f"| {step} | " + " | ".join(f"{k} {v}" for k, v in row.items()) + " |")
+
+
+def test_a_clone_without_the_previous_release_fails_saying_what_to_do(tmp_path):
+    # A shallow clone lacks the pinned commit: the upgrade test must fail with the fix, not skip.
+    with pytest.raises(ReleaseMissing, match="fetch --unshallow"):
+        installed("0" * 40, cache=tmp_path)
+    assert list(tmp_path.iterdir()) == []  # nothing half installed
