@@ -40,6 +40,7 @@ def migrate(settings: Settings) -> int:
     """Create the database if needed, apply pending migrations and the reporting time zone."""
     from ops.connect import CANNOT_CONNECT, unreachable
     from store.analytics import UnknownTimeZone
+    from store.lock_wait import LocksNotGranted
     from store.migrations import migrate as apply_migrations
 
     try:
@@ -50,6 +51,10 @@ def migrate(settings: Settings) -> int:
         return 1
     except UnknownTimeZone as e:
         print(f"flowscribe-ingest migrate: FLOWSCRIBE_REPORTING_TIME_ZONE: {e}", file=sys.stderr)
+        return 1
+    except LocksNotGranted as e:
+        # Nothing half applied: each migration's transaction was rolled back; run it again later.
+        print(f"flowscribe-ingest migrate: {e}", file=sys.stderr)
         return 1
     log.info("database up to date", extra={"applied_now": applied})
     return 0

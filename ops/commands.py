@@ -1,4 +1,5 @@
-"""The ops part of the command line: ``dlq list|show|replay|purge|export|import``, ``reprocess``, ``drift``, ``prune``.
+"""The ops part of the command line: ``dlq list|show|replay|purge|export|import``, ``reprocess``, ``drift``, ``prune``,
+``summaries check``.
 
 ``add_parsers`` hangs the subcommands on ``flowscribe-ingest``'s parser;
 ``execute`` runs one (tests await it; ``main`` wraps it in ``asyncio.run``).
@@ -90,7 +91,7 @@ def _command(parser: argparse.ArgumentParser, handler: str, *, changes: bool) ->
 
 
 def add_parsers(sub: argparse._SubParsersAction[Any]) -> None:
-    """Add ``dlq``, ``reprocess``, ``drift`` and ``prune`` to the subcommands of ``flowscribe-ingest``."""
+    """Add ``dlq``, ``reprocess``, ``drift``, ``prune`` and ``summaries`` to ``flowscribe-ingest``'s subcommands."""
     dlq = sub.add_parser(
         "dlq", help="inspect, replay, purge, export and import dead letters",
         description="The dead-letter queue: reading never changes it; replay, purge and export --remove"
@@ -184,10 +185,22 @@ def add_parsers(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--json", action="store_true", help="the summary as one JSON object")
     _command(p, "ops.prune:prune_command", changes=False)
 
+    summaries = sub.add_parser(
+        "summaries", help="check the analytics summaries against the stored analyses",
+        description="The per-conversation summaries the analytics views read (README: Analytics views).",
+    )
+    actions = summaries.add_subparsers(dest="summaries_command", required=True, metavar="ACTION")
+    p = _action(actions, "check", "say whether every summary agrees with its stored analysis (changes nothing;"
+                                  " exit status 1 if one does not, and `migrate` rewrites it)")
+    p.add_argument("--limit", type=_positive(int), default=20, metavar="N",
+                   help="list at most N of those that disagree (default: 20)")
+    p.add_argument("--json", action="store_true", help="the result as one JSON object")
+    _command(p, "ops.summaries:check_command", changes=False)
+
 
 def _prepare(args: argparse.Namespace) -> None:
     """Checks argparse cannot express, and the Selector the dlq commands share."""
-    if args.command in ("drift", "prune"):
+    if args.command in ("drift", "prune", "summaries"):
         return
     if args.command == "reprocess":
         if not (args.since or args.until or args.id or args.analysis_id or args.outcome or args.every):

@@ -3,6 +3,10 @@
 Idempotent and safe to run from several processes at once (a one-shot job per
 deploy, or every developer's `make run`): an advisory lock serialises runners,
 and each file is applied in its own transaction together with its ledger row.
+
+Safe under load: each transaction waits for a lock only briefly (store.lock_wait),
+then rolls back and tries again, so workers' batches never queue for long behind a
+migration waiting for a table some long transaction holds.
 """
 
 from __future__ import annotations
@@ -13,8 +17,9 @@ from importlib import resources
 
 import asyncpg
 
-from store.analytics import set_reporting_time_zone, summarise_missing
+from store.analytics import repair_summaries, set_reporting_time_zone
 from store.connection import connect
+from store.lock_wait import BRIEF, LockWait, in_transaction
 
 log = logging.getLogger("schemas.migrations")  # the name in the log schema, from before the move
 
@@ -59,12 +64,16 @@ async def ensure_database(dsn: str) -> bool:
     return True
 
 
-async def migrate(dsn: str, reporting_time_zone: str = "") -> list[str]:
-    """Apply pending migrations, then the reporting time zone if one is given; return the versions applied now."""
+async def migrate(dsn: str, reporting_time_zone: str = "", wait: LockWait = BRIEF,
+                  files: list[tuple[str, str]] | None = None) -> list[str]:
+    """Apply pending migrations (``files``: those of the package), then the reporting time zone if
+    one is given, then put right the summaries that disagree with their analyses; return the
+    versions applied now."""
     await ensure_database(dsn)
     conn = await connect(dsn)
     applied_now: list[str] = []
     try:
+        # Waits for as long as another runner migrates: that one does the work.
         await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK)
         await conn.execute(
             """
@@ -76,19 +85,21 @@ async def migrate(dsn: str, reporting_time_zone: str = "") -> list[str]:
             """
         )
         done = {r["version"] for r in await conn.fetch("SELECT version FROM flowscribe.schema_migrations")}
-        for version, sql in migration_files():
+        for version, sql in migration_files() if files is None else files:
             if version in done:
                 continue
-            async with conn.transaction():
+
+            async def apply(version: str = version, sql: str = sql) -> None:
                 await conn.execute(sql)
-                await conn.execute(
-                    "INSERT INTO flowscribe.schema_migrations (version) VALUES ($1)", version
-                )
+                await conn.execute("INSERT INTO flowscribe.schema_migrations (version) VALUES ($1)", version)
+
+            await in_transaction(conn, f"migration {version}", apply, wait)
             applied_now.append(version)
             log.info("migration applied", extra={"version": version})
         if reporting_time_zone:
-            await set_reporting_time_zone(conn, reporting_time_zone)
-        await summarise_missing(conn)
+            zone = reporting_time_zone
+            await in_transaction(conn, "reporting time zone", lambda: set_reporting_time_zone(conn, zone), wait)
+        await repair_summaries(conn, wait=wait)
     finally:
         await conn.close()
     return applied_now

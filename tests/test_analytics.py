@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import copy
 import dataclasses
 import datetime
 import hashlib
@@ -24,10 +25,11 @@ from bench import payloads
 from schemas.decoding import decode_payload
 from schemas.message import Callback
 from schemas.naming import snake_case
-from store.analytics import SUMMARY_FIGURES, UnknownTimeZone, set_reporting_time_zone
+from store.analytics import SUMMARY_FIGURES, UnknownTimeZone, disagreements, set_reporting_time_zone
 from store.batch import write_batch
 from store.migrations import migrate
 from tests.support import CliProcess, eventually, service_env
+from tests.test_ops import ops
 from tests.test_pipeline import publish_as_gateway
 
 DASHBOARD = Path(__file__).resolve().parent.parent / "deploy" / "grafana-analytics-dashboard.json"
@@ -356,6 +358,22 @@ class TestSummarise:
         assert seq_scanned == []
         assert after["sentence_topics"][1] > before.get("sentence_topics", (0, 0))[1]
 
+    async def test_the_comparison_with_the_analyses_reads_each_table_once(self, db):
+        # What `migrate` and `summaries check` read, on tables never analysed: never a lookup
+        # per row (a cost growing with the table times the rows found), whatever the planner thinks.
+        sent, stored = history()
+        async with db.acquire() as conn:
+            for item in sent:
+                await write_batch(conn, [stored_callback(item.payload, item.received_at)])
+            scans = ("SELECT relname, seq_scan + coalesce(idx_scan, 0) AS scans FROM pg_stat_xact_user_tables"
+                     " WHERE relname IN ('analyses', 'conversation_summaries') AND schemaname = 'flowscribe'")
+            async with conn.transaction():  # the backend's counts not yet reported include earlier ones
+                before = {r["relname"]: r["scans"] for r in await conn.fetch(scans)}
+                assert await disagreements(conn) == []
+                after = {r["relname"]: r["scans"] for r in await conn.fetch(scans)}
+        assert len(stored) > 10
+        assert {t: n - before.get(t, 0) for t, n in after.items()} == {"analyses": 1, "conversation_summaries": 1}
+
     async def test_a_change_of_zone_waits_for_a_summary_in_flight(self, db, reporting_zone):
         payload = conversation(90, AGENTS[0], datetime.datetime(2026, 1, 1, 3, 0, tzinfo=UTC))
         analysis_id = uuid.UUID(payload["ConversationAnalysisModel"]["ID"])
@@ -448,6 +466,66 @@ class TestMigration:
                 await admin.execute(f'DROP DATABASE IF EXISTS "{scratch.rsplit("/", 1)[1]}" WITH (FORCE)')
             finally:
                 await admin.close()
+
+    async def test_a_summary_of_a_replaced_version_is_rewritten(self, database_url, db, settings):
+        """An analysis summarised by `migrate` and then replaced by a worker that writes no summary
+        (one from before 0003, still running during a rolling upgrade) keeps the replaced version's
+        summary; the next `migrate` rewrites it, whatever else of the analysis changed."""
+        first = conversation(100, AGENTS[0], datetime.datetime(2026, 1, 1, 3, 0, tzinfo=UTC))
+        second = conversation(101, AGENTS[2], datetime.datetime(2026, 1, 2, 20, 0, tzinfo=UTC))
+        second["ConversationAnalysisModel"]["ID"] = first["ConversationAnalysisModel"]["ID"]
+        # Another analysis whose newer version has the same figures: only the callback it came
+        # from (and when) tells its summary from a right one.
+        same = conversation(102, AGENTS[1], datetime.datetime(2026, 1, 1, 12, 0, tzinfo=UTC))
+        retold = copy.deepcopy(same)
+        retold["ConversationAnalysisModel"]["ConversationText"] += " "
+        later = RECEIVED + datetime.timedelta(hours=1)
+        newer = [stored_callback(second, later), stored_callback(retold, later)]
+        async with db.acquire() as conn:
+            await write_batch(conn, [stored_callback(first), stored_callback(same)])
+            summaries = await conn.fetch("SELECT * FROM flowscribe.conversation_summaries")
+            # The old worker stores the newer versions and leaves the summaries as they were.
+            await write_batch(conn, newer)
+            async with conn.transaction():
+                await conn.execute("DELETE FROM flowscribe.conversation_summaries")
+                await conn.copy_records_to_table("conversation_summaries", schema_name="flowscribe",
+                                                 records=[tuple(r.values()) for r in summaries])
+        stale = await db.fetchval("SELECT count(*) FROM flowscribe.conversation_summaries AS s"
+                                  " JOIN flowscribe.analyses AS a ON a.id = s.analysis_id"
+                                  " WHERE a.callback_id <> s.callback_id")
+        assert stale == 2  # the defect's state: the views name the replaced versions
+        # A summary with a day of another zone, and one whose analysis is gone, are put right too.
+        shifted = conversation(103, AGENTS[0], datetime.datetime(2026, 1, 1, 12, 0, tzinfo=UTC))
+        shifted_callback = stored_callback(shifted)
+        async with db.acquire() as conn:
+            await write_batch(conn, [shifted_callback])
+        shifted_id = uuid.UUID(shifted["ConversationAnalysisModel"]["ID"])
+        gone = uuid.UUID(int=7)
+        await db.execute("UPDATE flowscribe.conversation_summaries SET day = day - 1 WHERE analysis_id = $1",
+                         shifted_id)
+        await db.execute("INSERT INTO flowscribe.conversation_summaries SELECT (jsonb_populate_record(s,"
+                         " jsonb_build_object('analysis_id', $1::uuid))).* FROM flowscribe.conversation_summaries"
+                         " AS s LIMIT 1", gone)
+
+        # What the operator's check says of it (changing nothing), and after the repair.
+        check = await ops(settings, "summaries", "check", "--json")
+        replaced = [uuid.UUID(p["ConversationAnalysisModel"]["ID"]) for p in (second, retold)]
+        expected = sorted([(i, "another version") for i in replaced] + [(shifted_id, "another day"),
+                                                                         (gone, "analysis gone")])
+        assert check.code == 1 and json.loads(check.out) == {
+            "agree": False, "analyses": 3, "summaries": 4, "disagreeing": 4, "missing": 0, "another_version": 2,
+            "another_day": 1, "analysis_gone": 1,
+            "examples": [{"analysis_id": str(i), "why": why} for i, why in expected]}
+        assert await ops(settings, "summaries", "check", "--json") == check  # it changed nothing
+        assert await migrate(database_url) == []
+        await assert_views_match(db, oracle([second, retold, shifted], received_times(
+            [Sent(second, later), Sent(retold, later), Sent(shifted, RECEIVED)]), "UTC"))
+        assert {r["analysis_id"]: r["callback_id"] for r in await db.fetch(
+            "SELECT analysis_id, callback_id FROM flowscribe_analytics.conversations")} == {
+            c.analysis.ID: c.id for c in [*newer, shifted_callback] if c.analysis is not None}
+        check = await ops(settings, "summaries", "check")
+        assert check.code == 0 and "every summary agrees with its analysis (3 analyses, 3 summaries)" in check.out
+
 
 
 # --- the dashboard ----------------------------------------------------------------------------
