@@ -7,24 +7,19 @@ from aiohttp import web
 from console import keys
 from console.audit import audit
 from console.pages import render
+from console.redirects import local_target
 from console.security import COOKIE, session_of, set_session_cookie
 from console.sessions import authenticate
 
 routes = web.RouteTableDef()
 
 
-def _next(request: web.Request, value: object) -> str:
-    # Only a path on this site: never an open redirect.
-    target = value if isinstance(value, str) else ""
-    return target if target.startswith("/") and not target.startswith("//") and "\\" not in target else "/"
-
-
 @routes.get("/login", name="login")
 async def login_form(request: web.Request) -> web.StreamResponse:
     if session_of(request).user is not None:
-        raise web.HTTPSeeOther(_next(request, request.query.get("next")))
+        raise web.HTTPSeeOther(local_target(request.query.get("next")))
     return render(
-        "login.html", request, {"next": _next(request, request.query.get("next")), "error": None}
+        "login.html", request, {"next": local_target(request.query.get("next")), "error": None}
     )
 
 
@@ -34,7 +29,7 @@ async def login(request: web.Request) -> web.StreamResponse:
     settings = request.app[keys.SETTINGS]
     token = form.get("token")
     credential = authenticate(settings.console_tokens, token) if isinstance(token, str) and token else None
-    target = _next(request, form.get("next"))
+    target = local_target(form.get("next"))
     if credential is None:
         audit(request, "console login refused")  # never the token itself
         return render(

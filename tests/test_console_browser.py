@@ -10,6 +10,7 @@ import contextlib
 import functools
 import os
 import shutil
+import urllib.parse
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -253,3 +254,41 @@ class TestInTheBrowser:
 
 async def _equals(awaitable: Any, expected: int) -> bool:
     return await awaitable == expected
+
+
+class TestRedirects:
+    """After login the browser goes where the console decided, on the URL as Chromium itself resolves it."""
+
+    async def test_a_link_with_a_tab_in_next_does_not_send_a_logged_in_operator_elsewhere(
+            self, browser, console):  # noqa: F811
+        # (A login form's POST redirected elsewhere is already stopped by the CSP's form-action 'self'; a
+        # logged-in operator following a link to /login is redirected by a plain GET, which nothing else stops.)
+        async with person(browser, console, OPERATOR_TOKEN) as olga:
+            from playwright.async_api import Error as BrowserError
+
+            for raw in ("/\t/evil.example/", "/\n/evil.example/", "/\\evil.example/", "/.//evil.example/"):
+                try:
+                    await olga.open(f"/login?next={urllib.parse.quote(raw, safe='')}")
+                except BrowserError as e:  # before the fix: net::ERR_NAME_NOT_RESOLVED (evil.example)
+                    raise AssertionError(f"{raw!r} led the browser off the console: {e}") from None
+                assert olga.page.url == olga.base + "/", (raw, olga.page.url)
+
+    async def test_chromium_resolves_every_decided_target_on_the_console(self, browser, console):  # noqa: F811
+        from console.redirects import local_target
+        from tests.test_console_redirects import ELSEWHERE, HERE
+
+        async with person(browser, console, VIEWER_TOKEN) as victor:
+            values = [*ELSEWHERE, *HERE]
+            verdicts = await victor.page.evaluate(
+                "values => values.map(v => new URL(v, location.href).origin === location.origin)",
+                [local_target(v) for v in values])
+            assert all(verdicts), [v for v, ok in zip(values, verdicts, strict=True) if not ok]
+            # And the browser agrees that the raw values lead off the console (but the relative ones: the
+            # console is served over http here, so http:evil.example is a relative path too).
+            others = [v for v in ELSEWHERE if v not in ("", "evil.example", "http:evil.example")]
+            raw = await victor.page.evaluate(
+                "values => values.map(v => { try { const u = new URL(v, location.href);"
+                " return u.origin === location.origin && !u.pathname.startsWith('//'); }"
+                " catch (e) { return false; } })", others)
+            assert not any(raw), [v for v, ok in zip(others, raw, strict=True) if ok]
+
