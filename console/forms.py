@@ -19,15 +19,26 @@ from store.outcomes import RECORDED as OUTCOMES
 SELECTOR_FIELDS = ("ids", "reason", "since", "until", "limit", "all")
 LEDGER_FIELDS = ("message_id", "analysis_id", "job_id", "outcome", "content_type", "since", "until")
 MAX_LIMIT = 1_000_000
+# ASCII digits only, and few: str.isdigit() takes "²", which int() refuses.
+_WHOLE = re.compile(r"[0-9]{1,7}")
 
 
 class FormError(ValueError):
     """A field the operator filled in that we cannot use; the message names it."""
 
 
-def _text(data: Mapping[str, Any], name: str) -> str:
+def _typed(data: Mapping[str, Any], name: str) -> str:
+    """The field as typed (stripped), to put back into a form; a file or a missing field is empty."""
     value = data.get(name, "")
     return value.strip() if isinstance(value, str) else ""
+
+
+def _text(data: Mapping[str, Any], name: str) -> str:
+    """The field, to search with: a NUL can be neither stored nor matched by PostgreSQL, so it is refused."""
+    text = _typed(data, name)
+    if "\x00" in text:
+        raise FormError(f"{name}: a NUL character cannot be searched for")
+    return text
 
 
 def _uuid(data: Mapping[str, Any], name: str, label: str) -> uuid.UUID | None:
@@ -71,7 +82,7 @@ def cursor(data: Mapping[str, Any]) -> Cursor | None:
         return None
     try:
         return Cursor.decode(text)
-    except ValueError:
+    except (ValueError, OverflowError):
         raise FormError("that page link is damaged; start from the first page") from None
 
 
@@ -81,7 +92,7 @@ def selector(data: Mapping[str, Any]) -> Selector:
     limit_text = _text(data, "limit")
     limit = None
     if limit_text:
-        if not limit_text.isdigit() or not 0 < int(limit_text) <= MAX_LIMIT:
+        if not _WHOLE.fullmatch(limit_text) or not 0 < int(limit_text) <= MAX_LIMIT:
             raise FormError(f"limit: must be a whole number from 1 to {MAX_LIMIT}")
         limit = int(limit_text)
     return Selector(
@@ -96,11 +107,11 @@ def selector(data: Mapping[str, Any]) -> Selector:
 
 def selector_fields(data: Mapping[str, Any]) -> dict[str, str]:
     """The selection as it was typed, to put back into forms and links."""
-    return {name: _text(data, name) for name in SELECTOR_FIELDS if _text(data, name)}
+    return {name: _typed(data, name) for name in SELECTOR_FIELDS if _typed(data, name)}
 
 
 def ledger_fields(data: Mapping[str, Any]) -> dict[str, str]:
-    return {name: _text(data, name) for name in LEDGER_FIELDS if _text(data, name)}
+    return {name: _typed(data, name) for name in LEDGER_FIELDS if _typed(data, name)}
 
 
 def describe_selector(s: Selector) -> dict[str, Any]:
