@@ -150,3 +150,17 @@ async def test_no_parameter_makes_a_route_fail(route, console, olga):  # noqa: F
     assert response.status == 200  # still serving
     response, _ = await olga.get("/callbacks")
     assert response.status == 200 or route.path == "/logout"
+
+
+REPORTED = [
+    "/callbacks?since=1000000d", "/callbacks?since=99999999999d", "/callbacks?until=99999999999999h",
+    "/callbacks?content_type=%00", "/callbacks?since=0001-01-01T00:00%2B05:00", "/dead-letters?since=1000000d",
+    "/dead-letters?limit=%C2%B2", "/dead-letters/export?since=99999999999d",
+]
+
+
+async def test_the_reported_inputs_get_a_400_that_says_why(olga):
+    for path in REPORTED:
+        response, text = await olga.get(path)
+        assert response.status == 400, (path, response.status)
+        assert any(word in text for word in ("year 1", "out of range", "NUL", "whole number")), (path, text[-800:])
