@@ -8,7 +8,8 @@
   ``FLOWSCRIBE_CONSOLE_USER_HEADER`` (believed only from FLOWSCRIBE_TRUSTED_PROXIES).
 - Every POST must carry the session's CSRF token; cross-site requests are
   refused outright where the browser says so (``Sec-Fetch-Site``). The session
-  cookie is HttpOnly, SameSite=Strict, and Secure when the request came over TLS.
+  cookie is HttpOnly, SameSite=Lax (links from elsewhere open the console logged
+  in; cross-site POSTs come without it), and Secure when the request came over TLS.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import re
+import secrets
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
@@ -58,7 +60,9 @@ def over_tls(request: web.Request) -> bool:
 
 
 def set_session_cookie(request: web.Request, response: web.StreamResponse, session: Session) -> None:
-    response.set_cookie(COOKIE, session.id, httponly=True, samesite="Strict", secure=over_tls(request), path="/")
+    # Lax: a link from another site (an alert, a chat message) arrives with the cookie and finds the operator
+    # logged in; a cross-site POST arrives without it, and every POST needs the session's CSRF token anyway.
+    response.set_cookie(COOKIE, session.id, httponly=True, samesite="Lax", secure=over_tls(request), path="/")
 
 
 @web.middleware
@@ -73,9 +77,13 @@ async def authentication(request: web.Request, handler: Handler) -> web.StreamRe
         if session is None or session.user != user:
             session = store.new(user, OPERATE if user in settings.console_operators else VIEW)
             fresh = True
-    elif session is None:
-        session = store.new()
+    elif session is None and request.method == "GET" and request.path == "/login":
+        session = store.new()  # the login form's CSRF token needs a session
         fresh = True
+    elif session is None:
+        # Anyone else without a session is sent to the login form or refused; nothing is stored for them and
+        # no cookie is set: a request that arrived without the operator's cookie must not replace it.
+        session = Session(secrets.token_urlsafe(32), secrets.token_urlsafe(32))
     if settings.console_user_header and PUBLIC.match(request.path) and request.path == "/login":
         raise web.HTTPSeeOther("/")  # no login form: the proxy logs people in
     request[keys.SESSION] = session

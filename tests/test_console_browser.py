@@ -292,3 +292,42 @@ class TestRedirects:
                 " catch (e) { return false; } })", others)
             assert not any(raw), [v for v, ok in zip(others, raw, strict=True) if ok]
 
+
+
+ELSEWHERE = "http://elsewhere.example"  # another site (a chat, an alert e-mail), served by the test itself
+
+
+async def _another_site(base: str, route: Any) -> None:
+    await route.fulfill(status=200, content_type="text/html", body=f"""<!doctype html><title>chat</title>
+        <a id="alert" href="{base}/callbacks?since=2h">FlowscribeDeadLetters firing</a>
+        <form id="forged" method="post" action="{base}/dead-letters/purge">
+          <input name="all" value="1"><input name="csrf" value="guessed"></form>
+        <form id="logout" method="post" action="{base}/logout"><input name="csrf" value="guessed"></form>""")
+
+
+class TestLinksFromElsewhere:
+    """A link on another site opens the console logged in; a form on another site changes nothing."""
+
+    async def test_a_link_from_another_site_finds_the_operator_logged_in(self, browser, console, broker):  # noqa: F811
+        from tests.test_ops import dead_letter
+
+        await dead_letter(broker, versioned(1, analysis_id=str(uuid.uuid4())))
+        async with person(browser, console, OPERATOR_TOKEN) as olga:
+            await olga.page.context.route(f"{ELSEWHERE}/**", functools.partial(_another_site, olga.base))
+            await olga.page.goto(f"{ELSEWHERE}/chat")
+            await olga.page.click("#alert")
+            await olga.page.wait_for_load_state()
+            # Before: SameSite=Strict left the cookie behind, and the console sent the operator to log in again.
+            assert olga.page.url == f"{olga.base}/callbacks?since=2h", olga.page.url
+            assert "olga" in await olga.page.locator("header .who").inner_text()
+
+            for form in ("#forged", "#logout"):
+                await olga.page.goto(f"{ELSEWHERE}/chat")
+                async with olga.page.expect_navigation():
+                    await olga.page.locator(form).evaluate("f => f.submit()")
+                assert "log in first" in await olga.page.content() or "refused" in await olga.page.content()
+            # Neither the forged purge nor the forged logout did anything, and the operator's cookie survived.
+            await olga.open("/dead-letters")
+            assert olga.page.url == f"{olga.base}/dead-letters"
+            assert await olga.page.locator("article.letter").count() == 1
+        await eventually(lambda: _equals(depth(broker, topology.DEAD_LETTER_QUEUE), 1), what="the letter untouched")
