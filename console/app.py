@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp_session
 from aiohttp import web
 
 from console import actions, callbacks, keys, letters, login, overview, security
@@ -12,13 +14,17 @@ from console.jobs import Jobs
 from console.pages import ENVIRONMENT, environment
 from console.previews import Previews
 from console.queues import DeadLetterGlance
-from console.sessions import SessionStore
+from console.sessions import DatabaseStorage, session_secret
 from runtime.amqp import BrokerSession
 from runtime.settings import Settings, SettingsError
 from schemas import topology
 from store.connection import create_pool
 
 HERE = Path(__file__).parent
+
+# aiohttp-session (2.12) keeps its objects under string keys of the request, which aiohttp now warns about on
+# every request; nothing is wrong with that, so the warning is silenced for that module only.
+warnings.filterwarnings("ignore", category=web.NotAppKeyWarning, module="aiohttp_session")
 
 
 def check_startable(settings: Settings) -> None:
@@ -81,9 +87,12 @@ async def _static(request: web.Request) -> web.StreamResponse:
 
 
 def create_app(settings: Settings) -> web.Application:
-    app = web.Application(middlewares=[security.headers, security.authentication, security.csrf])
+    storage = DatabaseStorage(session_secret(settings), keys.POOL)
+    app = web.Application(middlewares=[
+        security.headers, aiohttp_session.session_middleware(storage), security.authentication, security.csrf,
+    ])
     app[keys.SETTINGS] = settings
-    app[keys.SESSIONS] = SessionStore()
+    app[keys.SESSION_STORAGE] = storage
     app[keys.PREVIEWS] = Previews()
     app[keys.GLANCE] = DeadLetterGlance(settings)
     app.cleanup_ctx.extend([_database, _broker, _jobs])

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import aiohttp_session
 from aiohttp import web
 
 from console import keys
 from console.audit import audit
 from console.pages import render
 from console.redirects import local_target
-from console.security import COOKIE, session_of, set_session_cookie
-from console.sessions import authenticate
+from console.security import session_of
+from console.sessions import Session, authenticate, begin
 
 routes = web.RouteTableDef()
 
@@ -35,20 +36,17 @@ async def login(request: web.Request) -> web.StreamResponse:
         return render(
             "login.html", request, {"next": target, "error": "That token is not a console login."}, status=401
         )
-    store = request.app[keys.SESSIONS]
-    store.drop(session_of(request).id)
-    session = store.new(credential.name, credential.role)
-    request[keys.SESSION] = session
+    storage = request.app[keys.SESSION_STORAGE]
+    await storage.forget(request, await aiohttp_session.get_session(request))
+    stored = await aiohttp_session.new_session(request)
+    begin(stored, credential.name, storage.token_digest(credential.token))
+    request[keys.SESSION] = Session(stored["csrf"], credential.name, credential.role)
     audit(request, "console login")
-    redirect = web.HTTPSeeOther(target)
-    set_session_cookie(request, redirect, session)
-    raise redirect
+    raise web.HTTPSeeOther(target)
 
 
 @routes.post("/logout", name="logout")
 async def logout(request: web.Request) -> web.StreamResponse:
     audit(request, "console logout")
-    request.app[keys.SESSIONS].drop(session_of(request).id)
-    redirect = web.HTTPSeeOther("/login")
-    redirect.del_cookie(COOKIE, path="/")
-    raise redirect
+    (await aiohttp_session.get_session(request)).invalidate()  # its row is deleted: ended on every replica
+    raise web.HTTPSeeOther("/login")

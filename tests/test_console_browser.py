@@ -331,3 +331,31 @@ class TestLinksFromElsewhere:
             assert olga.page.url == f"{olga.base}/dead-letters"
             assert await olga.page.locator("article.letter").count() == 1
         await eventually(lambda: _equals(depth(broker, topology.DEAD_LETTER_QUEUE), 1), what="the letter untouched")
+
+
+class TestReplicas:
+    """Sessions in PostgreSQL, seen from a browser: a restart and a second replica keep the operator logged in."""
+
+    async def test_a_restart_and_another_replica_keep_the_login_and_a_logout_ends_it_on_both(self, browser,
+                                                                                             settings):
+        from tests.test_console_sessions import running, shared
+
+        context = await browser.new_context()
+        try:
+            async with running(settings, **shared()) as first:
+                olga = Operator(await context.new_page(), str(first.make_url("")).rstrip("/"))
+                await olga.login(OPERATOR_TOKEN)
+            async with running(settings, **shared()) as restarted, running(settings, **shared()) as replica:
+                # The cookie is the host's (127.0.0.1), whichever port: as two replicas behind one address.
+                for server in (restarted, replica):
+                    olga.base = str(server.make_url("")).rstrip("/")
+                    await olga.open("/callbacks")
+                    assert olga.page.url == olga.base + "/callbacks", olga.page.url
+                    assert "olga" in await olga.page.locator("header .who").inner_text()
+                await olga.page.click("text=log out")  # on the replica
+                await olga.page.wait_for_url("**/login")
+                olga.base = str(restarted.make_url("")).rstrip("/")
+                await olga.open("/callbacks")
+                assert olga.page.url.startswith(olga.base + "/login"), olga.page.url
+        finally:
+            await context.close()
