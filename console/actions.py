@@ -52,7 +52,7 @@ async def confirm(request: web.Request) -> web.StreamResponse:
         else:
             command = commands.purge_command(settings, selector)
     job = request.app[keys.JOBS].start(found.kind, session.user or "", selection, command)
-    audit(request, "console action", action=found.kind, job=job.id, selection=selection,
+    await audit(request, "action", action=found.kind, job=job.id, selection=selection,
           options={k: v for k, v in found.options.items() if k != "selector"})
     raise web.HTTPSeeOther(f"/jobs/{job.id}")
 

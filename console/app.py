@@ -9,7 +9,7 @@ from pathlib import Path
 import aiohttp_session
 from aiohttp import web
 
-from console import actions, callbacks, keys, letters, login, overview, security
+from console import actions, audit, callbacks, keys, letters, login, overview, security
 from console.jobs import Jobs
 from console.pages import ENVIRONMENT, environment
 from console.previews import Previews
@@ -54,7 +54,7 @@ async def _broker(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _jobs(app: web.Application) -> AsyncIterator[None]:
-    app[keys.JOBS] = Jobs()
+    app[keys.JOBS] = Jobs(finished=audit.on_job_finished(app))
     yield
     await app[keys.JOBS].close(app[keys.SETTINGS].shutdown_timeout)
 
@@ -100,6 +100,6 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/static/{filename}", _static)
-    for table in (login.routes, overview.routes, callbacks.routes, letters.routes, actions.routes):
+    for table in (login.routes, overview.routes, callbacks.routes, letters.routes, actions.routes, audit.routes):
         app.router.add_routes(table)
     return app

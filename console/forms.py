@@ -13,14 +13,18 @@ from typing import Any
 
 from console.ledger import Cursor, LedgerFilter
 from ops.selection import Selector, normalise_id, parse_when
+from store.audit import AuditFilter
 from store.outcomes import RECORDED as OUTCOMES
 
 # The fields of a dead-letter selection, as forms and links carry them.
 SELECTOR_FIELDS = ("ids", "reason", "since", "until", "limit", "all")
+AUDIT_FIELDS = ("user", "event", "action", "since", "until")
+AUDITED_ACTIONS = ("replay", "purge", "reprocess", "prune")
 LEDGER_FIELDS = ("message_id", "analysis_id", "job_id", "outcome", "content_type", "since", "until")
 MAX_LIMIT = 1_000_000
 # ASCII digits only, and few: str.isdigit() takes "²", which int() refuses.
 _WHOLE = re.compile(r"[0-9]{1,7}")
+_DIGITS = re.compile(r"[0-9]{1,18}")  # a bigint
 
 
 class FormError(ValueError):
@@ -121,3 +125,24 @@ def describe_selector(s: Selector) -> dict[str, Any]:
         "since": s.since.isoformat() if s.since else None, "until": s.until.isoformat() if s.until else None,
         "all": s.every, "limit": s.limit,
     }
+
+
+def audit_filter(data: Mapping[str, Any]) -> tuple[AuditFilter, int | None]:
+    """What the Audit page searches for, and where its page starts (entries before this id)."""
+    before_text = _text(data, "before")
+    if before_text and not _DIGITS.fullmatch(before_text):
+        raise FormError("that page link is damaged; start from the first page")
+    action = _text(data, "action") or None
+    if action is not None and action not in AUDITED_ACTIONS:
+        raise FormError(f"action: must be one of {', '.join(AUDITED_ACTIONS)}")
+    return AuditFilter(
+        username=_text(data, "user") or None,
+        event=_text(data, "event") or None,
+        action=action,
+        since=_when(data, "since", "since"),
+        until=_when(data, "until", "until"),
+    ), int(before_text) if before_text else None
+
+
+def audit_fields(data: Mapping[str, Any]) -> dict[str, str]:
+    return {name: _typed(data, name) for name in AUDIT_FIELDS if _typed(data, name)}

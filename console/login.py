@@ -32,7 +32,7 @@ async def login(request: web.Request) -> web.StreamResponse:
     credential = authenticate(settings.console_tokens, token) if isinstance(token, str) and token else None
     target = local_target(form.get("next"))
     if credential is None:
-        audit(request, "console login refused")  # never the token itself
+        await audit(request, "login refused")  # never the token itself
         return render(
             "login.html", request, {"next": target, "error": "That token is not a console login."}, status=401
         )
@@ -41,12 +41,12 @@ async def login(request: web.Request) -> web.StreamResponse:
     stored = await aiohttp_session.new_session(request)
     begin(stored, credential.name, storage.token_digest(credential.token))
     request[keys.SESSION] = Session(stored["csrf"], credential.name, credential.role)
-    audit(request, "console login")
+    await audit(request, "login")
     raise web.HTTPSeeOther(target)
 
 
 @routes.post("/logout", name="logout")
 async def logout(request: web.Request) -> web.StreamResponse:
-    audit(request, "console logout")
+    await audit(request, "logout")
     (await aiohttp_session.get_session(request)).invalidate()  # its row is deleted: ended on every replica
     raise web.HTTPSeeOther("/login")

@@ -359,3 +359,36 @@ class TestReplicas:
                 assert olga.page.url.startswith(olga.base + "/login"), olga.page.url
         finally:
             await context.close()
+
+
+class TestAuditPage:
+    """The trail as an operator and a viewer read it: filters work, what an operator typed is shown inert."""
+
+    async def test_a_viewer_reads_what_an_operator_did(self, browser, console, broker):  # noqa: F811
+        from tests.test_ops import dead_letter
+
+        await dead_letter(broker, versioned(1, analysis_id=str(uuid.uuid4())), error="PayloadDecodeError: " + HOSTILE)
+        async with person(browser, console, OPERATOR_TOKEN) as olga:
+            await olga.open("/dead-letters")
+            await olga.page.fill("input[name=reason]", HOSTILE)  # the selection is kept in the trail
+            await olga.page.click("form.filters button[type=submit]")
+            assert await olga.page.locator("article.letter").count() == 1
+            await olga.page.click("text=Purge selection")
+            await olga.page.wait_for_url("**/previews/**")
+        async with person(browser, console, VIEWER_TOKEN) as victor:
+            await victor.page.click("nav >> text=Audit")
+            await victor.page.wait_for_url("**/audit")
+            rows = victor.page.locator("table.audit tbody tr")
+            assert await rows.count() == 3  # olga's login, her preview, victor's login
+            await victor.page.select_option("select[name=user]", "olga")
+            await victor.page.select_option("select[name=action]", "purge")
+            await victor.page.click("form.filters button[type=submit]")
+            await victor.page.wait_for_url("**/audit?**")
+            assert await rows.count() == 1
+            text = await rows.inner_text()
+            assert "preview" in text and "purge" in text
+            assert "<script>window.__pwned = 1</script>" in text  # shown as text, not markup
+            assert await victor.page.evaluate("window.__pwned") is None
+            assert await victor.page.locator("main img").count() == 0
+            await victor.shot("16-audit")
+            assert not victor.csp_violations, victor.csp_violations

@@ -53,6 +53,7 @@ ROUTES = [
     Route("POST", "/previews/{token}/confirm"),
     Route("GET", "/jobs"),
     Route("GET", "/jobs/{id}"),
+    Route("GET", "/audit", ("user", "event", "action", "since", "until", "before")),
     Route("GET", "/healthz"),
     Route("GET", "/readyz"),
     Route("GET", "/static/{filename}"),
