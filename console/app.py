@@ -9,7 +9,7 @@ from pathlib import Path
 import aiohttp_session
 from aiohttp import web
 
-from console import actions, audit, callbacks, keys, letters, login, overview, security
+from console import actions, audit, callbacks, drift, keys, letters, login, overview, security
 from console.jobs import Jobs
 from console.pages import ENVIRONMENT, environment
 from console.previews import Previews
@@ -100,6 +100,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/static/{filename}", _static)
-    for table in (login.routes, overview.routes, callbacks.routes, letters.routes, actions.routes, audit.routes):
+    for table in (login.routes, overview.routes, callbacks.routes, letters.routes, actions.routes, audit.routes,
+                  drift.routes):
         app.router.add_routes(table)
     return app

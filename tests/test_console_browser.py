@@ -392,3 +392,37 @@ class TestAuditPage:
             assert await victor.page.locator("main img").count() == 0
             await victor.shot("16-audit")
             assert not victor.csp_violations, victor.csp_violations
+
+
+class TestSchemaDriftPage:
+    """The drift report as a page: each field with its counts, its example callback one click away, the next step."""
+
+    async def test_new_and_known_fields_with_their_next_steps(self, browser, console, db):  # noqa: F811
+        from schemas.drift import known_fields
+        from store import drift
+        from tests.test_ops import store
+        from tests.test_pipeline import T0
+
+        example = await store(db, versioned(1, analysis_id=str(uuid.uuid4())), T0)
+        known_object, known = next((o, sorted(f)[0]) for o, f in sorted(known_fields().items()) if f)
+        first, last = T0, T0.replace(hour=T0.hour + 1)
+        async with db.acquire() as conn:
+            await drift.record(conn, {
+                ("Payload", HOSTILE): drift.Sighting("field", first, last, 7, uuid.UUID(example)),
+                (known_object, known): drift.Sighting("field", first, last, 3, uuid.UUID(example)),
+            })
+        async with person(browser, console, VIEWER_TOKEN) as victor:
+            await victor.page.click("nav >> text=Schema drift")
+            await victor.page.wait_for_url("**/drift")
+            rows = victor.page.locator("table.drift tbody tr")
+            assert await rows.count() == 2
+            new = await victor.page.locator("tr.status-new").inner_text()
+            assert HOSTILE in new and "7" in new and "schemas/payload.py" in new
+            assert await victor.page.evaluate("window.__pwned") is None
+            assert await victor.page.locator("main img").count() == 0
+            step = await victor.page.locator("tr.status-known td.step").inner_text()
+            assert f"reprocess --since {first.isoformat()} --dry-run" in step
+            await victor.shot("17-schema-drift")
+            await victor.page.locator("tr.status-new a").click()
+            await victor.page.wait_for_url(f"**/callbacks/{example}")
+            assert not victor.csp_violations, victor.csp_violations

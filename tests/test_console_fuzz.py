@@ -54,6 +54,7 @@ ROUTES = [
     Route("GET", "/jobs"),
     Route("GET", "/jobs/{id}"),
     Route("GET", "/audit", ("user", "event", "action", "since", "until", "before")),
+    Route("GET", "/drift"),
     Route("GET", "/healthz"),
     Route("GET", "/readyz"),
     Route("GET", "/static/{filename}"),
