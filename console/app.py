@@ -9,7 +9,7 @@ from pathlib import Path
 import aiohttp_session
 from aiohttp import web
 
-from console import actions, audit, callbacks, drift, keys, letters, login, overview, security
+from console import actions, archive, audit, callbacks, drift, keys, letters, login, overview, security
 from console.jobs import Jobs
 from console.pages import ENVIRONMENT, environment
 from console.previews import Previews
@@ -101,6 +101,6 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/static/{filename}", _static)
     for table in (login.routes, overview.routes, callbacks.routes, letters.routes, actions.routes, audit.routes,
-                  drift.routes):
+                  drift.routes, archive.routes):
         app.router.add_routes(table)
     return app

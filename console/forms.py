@@ -6,6 +6,7 @@ same parsing of times and ids, the same ``Selector``.
 
 from __future__ import annotations
 
+import datetime
 import re
 import uuid
 from collections.abc import Mapping
@@ -146,3 +147,13 @@ def audit_filter(data: Mapping[str, Any]) -> tuple[AuditFilter, int | None]:
 
 def audit_fields(data: Mapping[str, Any]) -> dict[str, str]:
     return {name: _typed(data, name) for name in AUDIT_FIELDS if _typed(data, name)}
+
+
+def prune_choice(data: Mapping[str, Any]) -> tuple[datetime.datetime, bool]:
+    """The archive page's form: bodies received before ``older_than`` (an age or a past time), and ``ledger``."""
+    cutoff = _when(data, "older_than", "older than")
+    if cutoff is None:
+        raise FormError("older than: say how old, e.g. 90d, or an ISO 8601 time")
+    if cutoff > datetime.datetime.now(datetime.UTC):
+        raise FormError("older than: must be in the past (an age like 90d, or a past time)")
+    return cutoff, _text(data, "ledger") in ("1", "on", "yes")

@@ -7,6 +7,7 @@ Screenshots of every page go to build/console-screenshots/ (not committed) for p
 from __future__ import annotations
 
 import contextlib
+import datetime
 import functools
 import os
 import shutil
@@ -426,3 +427,45 @@ class TestSchemaDriftPage:
             await victor.page.locator("tr.status-new a").click()
             await victor.page.wait_for_url(f"**/callbacks/{example}")
             assert not victor.csp_violations, victor.csp_violations
+
+
+class TestArchivePage:
+    """Prune from the console: what it would remove first, then confirmed, as a job; viewers may only look."""
+
+    async def test_preview_confirm_and_the_job_prunes_exactly_that(self, browser, console, db):  # noqa: F811
+        from tests.test_ops import store
+        from tests.test_pipeline import T0
+
+        old = [await store(db, versioned(1, analysis_id=str(uuid.uuid4())), T0) for _ in range(3)]
+        recent = await store(db, versioned(1, analysis_id=str(uuid.uuid4())),
+                             datetime.datetime.now(datetime.UTC))
+        async with person(browser, console, VIEWER_TOKEN) as victor:
+            await victor.page.click("nav >> text=Archive")
+            await victor.page.wait_for_url("**/archive")
+            assert "archived bodies" in await victor.page.locator("table.archive-sizes").inner_text()
+            assert await victor.page.locator("text=Prune…").count() == 0
+            token = await victor.page.locator("input[name=csrf]").first.get_attribute("value")
+            refused = await victor.page.request.post(f"{victor.base}/archive/prune",
+                                                     form={"csrf": token, "older_than": "1d"}, max_redirects=0)
+            assert refused.status == 403 and "may only view" in await refused.text()
+        async with person(browser, console, OPERATOR_TOKEN) as olga:
+            await olga.open("/archive")
+            await olga.page.fill("input[name=older_than]", "7d")
+            await olga.shot("18-archive")
+            await olga.page.click("text=Prune…")
+            await olga.page.wait_for_url("**/previews/**")
+            summary = await olga.page.locator("table.prune-preview").inner_text()
+            assert "3" in summary.split("\n")[0] and "ingested" in summary
+            await olga.shot("19-prune-preview")
+            assert await rows_in(db, "SELECT count(*) FROM flowscribe.callbacks WHERE body IS NULL") == 0
+            await olga.page.click("text=Confirm: prune 3 bodies")
+            await olga.page.wait_for_url("**/jobs/**")
+            await olga.page.wait_for_selector("text=finished", timeout=LOADED * 1000)
+            assert "removed 3 archived bodies" in await olga.page.locator("#output").inner_text()
+            await olga.shot("20-prune-job")
+            assert not olga.csp_violations, olga.csp_violations
+        pruned = {str(r["id"]) for r in await db.fetch("SELECT id FROM flowscribe.callbacks WHERE body IS NULL")}
+        assert pruned == set(old) and recent not in pruned
+        trail = [tuple(r) for r in await db.fetch(
+            "SELECT event, username FROM flowscribe.console_audit WHERE action = 'prune' ORDER BY id")]
+        assert trail == [("preview", "olga"), ("action", "olga"), ("action finished", "olga")]

@@ -55,6 +55,8 @@ ROUTES = [
     Route("GET", "/jobs/{id}"),
     Route("GET", "/audit", ("user", "event", "action", "since", "until", "before")),
     Route("GET", "/drift"),
+    Route("GET", "/archive"),
+    Route("POST", "/archive/prune", ("older_than", "ledger")),
     Route("GET", "/healthz"),
     Route("GET", "/readyz"),
     Route("GET", "/static/{filename}"),
