@@ -56,6 +56,8 @@ async def headers(request: web.Request, handler: Handler) -> web.StreamResponse:
 @web.middleware
 async def authentication(request: web.Request, handler: Handler) -> web.StreamResponse:
     settings = request.app[keys.SETTINGS]
+    if settings.console_user_header and request.path == "/login":
+        raise web.HTTPSeeOther("/")  # no login form: the proxy logs people in
     storage = request.app[keys.SESSION_STORAGE]
     stored = await aiohttp_session.get_session(request)
     session = _logged_in(request, stored)
@@ -79,8 +81,6 @@ async def authentication(request: web.Request, handler: Handler) -> web.StreamRe
             # Anyone else without a session is sent to the login form or refused; nothing is stored for them and
             # no cookie is set: a request that arrived without the operator's cookie must not replace it.
             session = stand_in()
-    if settings.console_user_header and PUBLIC.match(request.path) and request.path == "/login":
-        raise web.HTTPSeeOther("/")  # no login form: the proxy logs people in
     assert session is not None
     request[keys.SESSION] = session
     if session.user is None and not PUBLIC.match(request.path):
