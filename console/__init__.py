@@ -10,5 +10,6 @@ guarantees. Nothing below imports it.
 # commands it runs included: its --help lists them (tests/test_cli.py checks the list).
 SETTINGS_READ = (
     "amqp_url", "database_url", "publish_timeout", "console_host", "console_port", "console_tokens",
-    "console_user_header", "console_operators", "trusted_proxies", "shutdown_timeout", "log_format", "log_level",
+    "console_session_secret", "console_user_header", "console_operators", "trusted_proxies", "shutdown_timeout",
+    "drift_sample_rate", "log_format", "log_level",
 )

@@ -35,12 +35,16 @@ async def confirm(request: web.Request) -> web.StreamResponse:
     found = request.app[keys.PREVIEWS].take(request.match_info["token"], session.user or "")
     if found is None:
         raise web.HTTPNotFound(text="this preview has expired or was used; preview again")
-    if not found.ids:
+    if not (found.options["chosen"] if found.kind == "prune" else found.ids):
         raise web.HTTPBadRequest(text="the preview chose nothing: there is nothing to do")
     settings = request.app[keys.SETTINGS]
     selection: dict[str, Any]
     command: Command
-    if found.kind == "reprocess":
+    if found.kind == "prune":
+        # What the preview counted: received before the same instant.
+        selection = {"older_than": found.options["older_than"].isoformat(), "ledger": found.options["ledger"]}
+        command = commands.prune_command(settings, found.options["older_than"], ledger=found.options["ledger"])
+    elif found.kind == "reprocess":
         selection = {"ids": sorted(found.ids)}
         command = commands.reprocess_command(settings, found.ids)
     else:
@@ -52,7 +56,7 @@ async def confirm(request: web.Request) -> web.StreamResponse:
         else:
             command = commands.purge_command(settings, selector)
     job = request.app[keys.JOBS].start(found.kind, session.user or "", selection, command)
-    audit(request, "console action", action=found.kind, job=job.id, selection=selection,
+    await audit(request, "action", action=found.kind, job=job.id, selection=selection,
           options={k: v for k, v in found.options.items() if k != "selector"})
     raise web.HTTPSeeOther(f"/jobs/{job.id}")
 

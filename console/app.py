@@ -2,23 +2,29 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp_session
 from aiohttp import web
 
-from console import actions, callbacks, keys, letters, login, overview, security
+from console import actions, archive, audit, callbacks, drift, keys, letters, login, overview, security
 from console.jobs import Jobs
 from console.pages import ENVIRONMENT, environment
 from console.previews import Previews
 from console.queues import DeadLetterGlance
-from console.sessions import SessionStore
+from console.sessions import DatabaseStorage, session_secret
 from runtime.amqp import BrokerSession
 from runtime.settings import Settings, SettingsError
 from schemas import topology
 from store.connection import create_pool
 
 HERE = Path(__file__).parent
+
+# aiohttp-session (2.12) keeps its objects under string keys of the request, which aiohttp now warns about on
+# every request; nothing is wrong with that, so the warning is silenced for that module only.
+warnings.filterwarnings("ignore", category=web.NotAppKeyWarning, module="aiohttp_session")
 
 
 def check_startable(settings: Settings) -> None:
@@ -48,7 +54,7 @@ async def _broker(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _jobs(app: web.Application) -> AsyncIterator[None]:
-    app[keys.JOBS] = Jobs()
+    app[keys.JOBS] = Jobs(finished=audit.on_job_finished(app))
     yield
     await app[keys.JOBS].close(app[keys.SETTINGS].shutdown_timeout)
 
@@ -68,17 +74,33 @@ async def _readyz(request: web.Request) -> web.Response:
     return web.Response(text="ready")
 
 
+# The files under static/, by name: a request names one of them or gets a 404. (aiohttp's static route answers
+# a name longer than the file system takes with a 500.)
+STATIC = {path.name: path for path in (HERE / "static").iterdir() if path.is_file()}
+
+
+async def _static(request: web.Request) -> web.StreamResponse:
+    path = STATIC.get(request.match_info["filename"])
+    if path is None:
+        raise web.HTTPNotFound()
+    return web.FileResponse(path)
+
+
 def create_app(settings: Settings) -> web.Application:
-    app = web.Application(middlewares=[security.headers, security.authentication, security.csrf])
+    storage = DatabaseStorage(session_secret(settings), keys.POOL)
+    app = web.Application(middlewares=[
+        security.headers, aiohttp_session.session_middleware(storage), security.authentication, security.csrf,
+    ])
     app[keys.SETTINGS] = settings
-    app[keys.SESSIONS] = SessionStore()
+    app[keys.SESSION_STORAGE] = storage
     app[keys.PREVIEWS] = Previews()
     app[keys.GLANCE] = DeadLetterGlance(settings)
     app.cleanup_ctx.extend([_database, _broker, _jobs])
     app[ENVIRONMENT] = environment()
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
-    app.router.add_static("/static", HERE / "static")
-    for table in (login.routes, overview.routes, callbacks.routes, letters.routes, actions.routes):
+    app.router.add_get("/static/{filename}", _static)
+    for table in (login.routes, overview.routes, callbacks.routes, letters.routes, actions.routes, audit.routes,
+                  drift.routes, archive.routes):
         app.router.add_routes(table)
     return app

@@ -68,7 +68,7 @@ async def download(request: web.Request) -> web.StreamResponse:
         data = await ledger.body(conn, message_id)
     if data is None:
         raise web.HTTPNotFound(text="no such callback, or its body was pruned from the archive")
-    audit(request, "console download", what="callback body", message_id=str(message_id))
+    await audit(request, "download", what="callback body", message_id=str(message_id))
     return attachment(data, f"callback-{message_id}.body")
 
 
@@ -91,5 +91,5 @@ async def reprocess_preview(request: web.Request) -> web.StreamResponse:
     tally = collections.Counter(str(r["effect"]).partition(":")[0] for r in rows)
     preview = request.app[keys.PREVIEWS].add("reprocess", session.user or "", {"message_id": message_id},
                                              frozenset([message_id]), rows, dict(tally))
-    audit(request, "console preview", action="reprocess", selection={"ids": [message_id]}, chosen=len(rows))
+    await audit(request, "preview", action="reprocess", selection={"ids": [message_id]}, chosen=len(rows))
     raise web.HTTPSeeOther(f"/previews/{preview.token}")

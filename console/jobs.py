@@ -72,8 +72,9 @@ class Job:
 
 
 class Jobs:
-    def __init__(self) -> None:
+    def __init__(self, finished: Callable[[Job], Awaitable[None]] | None = None) -> None:
         self._jobs: collections.OrderedDict[str, Job] = collections.OrderedDict()
+        self._finished = finished  # told of each job's end (the audit trail)
 
     def get(self, job_id: str) -> Job | None:
         return self._jobs.get(job_id)
@@ -112,6 +113,8 @@ class Jobs:
             log.info("console action finished", extra={
                 "job": job.id, "action": job.action, "user": job.user, "exit_code": code, "summary": job.summary,
             })
+        if self._finished is not None:  # (not reached when cancelled: the log line above says so)
+            await self._finished(job)
 
     async def close(self, timeout: float) -> None:
         """Wait up to ``timeout`` seconds for running jobs, then cancel what is left."""

@@ -16,12 +16,12 @@ if TYPE_CHECKING:
     from console.jobs import Jobs
     from console.previews import Previews
     from console.queues import DeadLetterGlance
-    from console.sessions import SessionStore
+    from console.sessions import DatabaseStorage
 
 SETTINGS = web.AppKey("settings", Settings)
 POOL = web.AppKey("pool", asyncpg.Pool)
 BROKER: web.AppKey[BrokerSession[Topology]] = web.AppKey("broker")
-SESSIONS: web.AppKey[SessionStore] = web.AppKey("sessions")
+SESSION_STORAGE: web.AppKey[DatabaseStorage] = web.AppKey("session_storage")
 JOBS: web.AppKey[Jobs] = web.AppKey("jobs")
 PREVIEWS: web.AppKey[Previews] = web.AppKey("previews")
 GLANCE: web.AppKey[DeadLetterGlance] = web.AppKey("glance")

@@ -58,7 +58,7 @@ class Cursor:
         received_at = datetime.datetime.fromisoformat(at)
         if received_at.tzinfo is None:
             raise ValueError("cursor without a time zone")
-        return cls(received_at, uuid.UUID(ident))
+        return cls(received_at.astimezone(datetime.UTC), uuid.UUID(ident))  # OverflowError near the year 1
 
 
 _COLUMNS = ("id, received_at, processed_at, content_type, outcome, analysis_id, job_id,"

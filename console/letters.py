@@ -105,7 +105,7 @@ async def export(request: web.Request) -> web.StreamResponse:
                 output, output, io.BytesIO(), interactive=False, live=False))
         except OpsError as e:
             return _page(request, {"error": str(e)}, 503)
-        audit(request, "console export", selection=forms.describe_selector(selector), result=output.getvalue().strip())
+        await audit(request, "export", selection=forms.describe_selector(selector), result=output.getvalue().strip())
         data = path.read_bytes()
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
     return attachment(data, f"dead-letters-{stamp}.ndjson", "application/x-ndjson")
@@ -149,7 +149,7 @@ async def body(request: web.Request) -> web.StreamResponse:
         return _page(request, {"error": str(e)}, 503)
     if not copies:
         raise web.HTTPNotFound(text="no dead letter with that message id")
-    audit(request, "console download", what="dead letter body", message_id=copies[0].message_id)
+    await audit(request, "download", what="dead letter body", message_id=copies[0].message_id)
     return attachment(copies[0].message.body, f"dead-letter-{copies[0].message_id}.body")
 
 
@@ -182,7 +182,7 @@ async def replay_preview(request: web.Request) -> web.StreamResponse:
         "replay", session.user or "", fields, frozenset(p.message_id for p in predictions), rows, tally,
         {"selector": selector, "force": force},
     )
-    audit(request, "console preview", action="replay", selection=forms.describe_selector(selector),
+    await audit(request, "preview", action="replay", selection=forms.describe_selector(selector),
           chosen=len(rows), force=force)
     raise web.HTTPSeeOther(f"/previews/{preview.token}")
 
@@ -203,7 +203,7 @@ async def purge_preview(request: web.Request) -> web.StreamResponse:
         "purge", session.user or "", fields, frozenset(r["message_id"] for r in rows), rows,
         {"purge": len(rows)}, {"selector": selector},
     )
-    audit(request, "console preview", action="purge", selection=forms.describe_selector(selector), chosen=len(rows))
+    await audit(request, "preview", action="purge", selection=forms.describe_selector(selector), chosen=len(rows))
     raise web.HTTPSeeOther(f"/previews/{preview.token}")
 
 

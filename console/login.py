@@ -2,29 +2,25 @@
 
 from __future__ import annotations
 
+import aiohttp_session
 from aiohttp import web
 
 from console import keys
 from console.audit import audit
 from console.pages import render
-from console.security import COOKIE, session_of, set_session_cookie
-from console.sessions import authenticate
+from console.redirects import local_target
+from console.security import session_of
+from console.sessions import Session, authenticate, begin
 
 routes = web.RouteTableDef()
-
-
-def _next(request: web.Request, value: object) -> str:
-    # Only a path on this site: never an open redirect.
-    target = value if isinstance(value, str) else ""
-    return target if target.startswith("/") and not target.startswith("//") and "\\" not in target else "/"
 
 
 @routes.get("/login", name="login")
 async def login_form(request: web.Request) -> web.StreamResponse:
     if session_of(request).user is not None:
-        raise web.HTTPSeeOther(_next(request, request.query.get("next")))
+        raise web.HTTPSeeOther(local_target(request.query.get("next")))
     return render(
-        "login.html", request, {"next": _next(request, request.query.get("next")), "error": None}
+        "login.html", request, {"next": local_target(request.query.get("next")), "error": None}
     )
 
 
@@ -34,26 +30,23 @@ async def login(request: web.Request) -> web.StreamResponse:
     settings = request.app[keys.SETTINGS]
     token = form.get("token")
     credential = authenticate(settings.console_tokens, token) if isinstance(token, str) and token else None
-    target = _next(request, form.get("next"))
+    target = local_target(form.get("next"))
     if credential is None:
-        audit(request, "console login refused")  # never the token itself
+        await audit(request, "login refused")  # never the token itself
         return render(
             "login.html", request, {"next": target, "error": "That token is not a console login."}, status=401
         )
-    store = request.app[keys.SESSIONS]
-    store.drop(session_of(request).id)
-    session = store.new(credential.name, credential.role)
-    request[keys.SESSION] = session
-    audit(request, "console login")
-    redirect = web.HTTPSeeOther(target)
-    set_session_cookie(request, redirect, session)
-    raise redirect
+    storage = request.app[keys.SESSION_STORAGE]
+    await storage.forget(request, await aiohttp_session.get_session(request))
+    stored = await aiohttp_session.new_session(request)
+    begin(stored, credential.name, storage.token_digest(credential.token))
+    request[keys.SESSION] = Session(stored["csrf"], credential.name, credential.role)
+    await audit(request, "login")
+    raise web.HTTPSeeOther(target)
 
 
 @routes.post("/logout", name="logout")
 async def logout(request: web.Request) -> web.StreamResponse:
-    audit(request, "console logout")
-    request.app[keys.SESSIONS].drop(session_of(request).id)
-    redirect = web.HTTPSeeOther("/login")
-    redirect.del_cookie(COOKIE, path="/")
-    raise redirect
+    await audit(request, "logout")
+    (await aiohttp_session.get_session(request)).invalidate()  # its row is deleted: ended on every replica
+    raise web.HTTPSeeOther("/login")

@@ -25,7 +25,7 @@ REFRESH_SECONDS = 10
 @routes.get("/", name="overview")
 async def overview(request: web.Request) -> web.StreamResponse:
     hours_text = request.query.get("hours", "3")
-    hours = int(hours_text) if hours_text.isdigit() and int(hours_text) in SPANS else 3
+    hours = int(hours_text) if hours_text in {str(span) for span in SPANS} else 3
     now = datetime.datetime.now(datetime.UTC)
     context: dict[str, Any] = {"hours": hours, "spans": SPANS, "now": now, "refresh": REFRESH_SECONDS,
                                "queues": None, "queue_error": None}

@@ -22,7 +22,7 @@ MAX_PREVIEWS = 200
 @dataclasses.dataclass(slots=True)
 class Preview:
     token: str
-    kind: str  # replay | purge | reprocess
+    kind: str  # replay | purge | reprocess | prune
     user: str
     fields: dict[str, str]  # the selection as typed (for links and the audit log)
     ids: frozenset[str]

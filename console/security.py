@@ -8,7 +8,8 @@
   ``FLOWSCRIBE_CONSOLE_USER_HEADER`` (believed only from FLOWSCRIBE_TRUSTED_PROXIES).
 - Every POST must carry the session's CSRF token; cross-site requests are
   refused outright where the browser says so (``Sec-Fetch-Site``). The session
-  cookie is HttpOnly, SameSite=Strict, and Secure when the request came over TLS.
+  cookie is HttpOnly, SameSite=Lax (links from elsewhere open the console logged
+  in; cross-site POSTs come without it), and Secure when the request came over TLS.
 """
 
 from __future__ import annotations
@@ -18,14 +19,14 @@ import logging
 import re
 from collections.abc import Awaitable, Callable
 
+import aiohttp_session
 from aiohttp import web
 
 from console import keys
-from console.sessions import OPERATE, VIEW, Session, same_secret
+from console.sessions import OPERATE, VIEW, Session, anonymous, begin, same_secret, stand_in
 
 log = logging.getLogger("console")
 
-COOKIE = "flowscribe_console"
 CSRF_FIELD = "csrf"
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self';"
        " form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
@@ -52,51 +53,62 @@ async def headers(request: web.Request, handler: Handler) -> web.StreamResponse:
     return response
 
 
-def over_tls(request: web.Request) -> bool:
-    # Believing X-Forwarded-Proto from anyone is safe here: it can only make the cookie stricter.
-    return request.secure or request.headers.get("X-Forwarded-Proto", "").lower() == "https"
-
-
-def set_session_cookie(request: web.Request, response: web.StreamResponse, session: Session) -> None:
-    response.set_cookie(COOKIE, session.id, httponly=True, samesite="Strict", secure=over_tls(request), path="/")
-
-
 @web.middleware
 async def authentication(request: web.Request, handler: Handler) -> web.StreamResponse:
     settings = request.app[keys.SETTINGS]
-    store = request.app[keys.SESSIONS]
-    session = store.get(request.cookies.get(COOKIE))
-    fresh = False
+    if settings.console_user_header and request.path == "/login":
+        raise web.HTTPSeeOther("/")  # no login form: the proxy logs people in
+    storage = request.app[keys.SESSION_STORAGE]
+    stored = await aiohttp_session.get_session(request)
+    session = _logged_in(request, stored)
     if settings.console_user_header and not PUBLIC.match(request.path):
         # Probes and static files come without the proxy (a kubelet asks /healthz directly).
         user = _proxy_user(request)
         if session is None or session.user != user:
-            session = store.new(user, OPERATE if user in settings.console_operators else VIEW)
-            fresh = True
+            await storage.forget(request, stored)
+            stored = await aiohttp_session.new_session(request)
+            begin(stored, user)
+            session = _logged_in(request, stored)
     elif session is None:
-        session = store.new()
-        fresh = True
-    if settings.console_user_header and PUBLIC.match(request.path) and request.path == "/login":
-        raise web.HTTPSeeOther("/")  # no login form: the proxy logs people in
+        csrf = stored.get("csrf")
+        if "user" not in stored and isinstance(csrf, str):
+            session = Session(csrf)  # the login form's session
+        elif request.method == "GET" and request.path == "/login":
+            await storage.forget(request, stored)  # (a login that no longer holds)
+            stored = await aiohttp_session.new_session(request)
+            session = anonymous(stored)  # the login form's CSRF token needs a session
+        else:
+            # Anyone else without a session is sent to the login form or refused; nothing is stored for them and
+            # no cookie is set: a request that arrived without the operator's cookie must not replace it.
+            session = stand_in()
+    assert session is not None
     request[keys.SESSION] = session
     if session.user is None and not PUBLIC.match(request.path):
         if request.method in ("GET", "HEAD"):
             target = request.rel_url.path_qs
-            response: web.StreamResponse = web.HTTPSeeOther(
-                "/login" + (f"?next={_quote(target)}" if target != "/" else "")
-            )
-        else:
-            response = web.HTTPForbidden(text="log in first")
-    else:
-        try:
-            response = await handler(request)
-        except web.HTTPException as e:
-            response = e
-    if fresh:
-        set_session_cookie(request, response, session)
-    if isinstance(response, web.HTTPException):
-        raise response
-    return response
+            raise web.HTTPSeeOther("/login" + (f"?next={_quote(target)}" if target != "/" else ""))
+        raise web.HTTPForbidden(text="log in first")
+    return await handler(request)
+
+
+def _logged_in(request: web.Request, stored: aiohttp_session.Session) -> Session | None:
+    """The stored session as the pages see it, if it is a login that still holds; else None.
+
+    The role is read from the settings on every request, and a token login holds only while that login
+    exists with the same token: removing it from the settings (or changing its token) ends its sessions.
+    """
+    user = stored.get("user")
+    if not isinstance(user, str) or not isinstance(stored.get("csrf"), str):
+        return None
+    settings = request.app[keys.SETTINGS]
+    if settings.console_user_header:
+        return Session(stored["csrf"], user, OPERATE if user in settings.console_operators else VIEW)
+    credential = next((c for c in settings.console_tokens if c.name == user), None)
+    remembered = stored.get("token")
+    if credential is None or not isinstance(remembered, str) or not same_secret(
+            remembered, request.app[keys.SESSION_STORAGE].token_digest(credential.token)):
+        return None
+    return Session(stored["csrf"], user, credential.role)
 
 
 def _quote(path: str) -> str:

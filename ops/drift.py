@@ -9,6 +9,10 @@ Structs know it by now: after a field is added to its Struct, its row reads
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterable
+from typing import Any
+
+import asyncpg
 
 from ops import connect
 from ops.errors import OpsError
@@ -20,13 +24,10 @@ from store import drift as drift_table
 NEW, KNOWN = "new", "known"  # not in this version's Structs / in them by now
 
 
-async def drift_command(settings: Settings, args: argparse.Namespace, console: Console) -> int:
-    async with connect.database(settings) as conn:
-        rows = await drift_table.recorded(conn)
-    if rows is None:
-        raise OpsError("the database has no flowscribe.schema_drift table; run `flowscribe-ingest migrate`")
+def classified(rows: Iterable[asyncpg.Record]) -> list[dict[str, Any]]:
+    """The table's rows as the report shows them: names made printable, each marked new or known."""
     known = known_fields()
-    found = [
+    return [
         {
             # Names came from the vendor's bodies: shown escaped, whatever wrote them.
             "object": printable(r["object"]), "field": printable(r["field"]), "kind": r["kind"],
@@ -36,6 +37,14 @@ async def drift_command(settings: Settings, args: argparse.Namespace, console: C
         }
         for r in rows
     ]
+
+
+async def drift_command(settings: Settings, args: argparse.Namespace, console: Console) -> int:
+    async with connect.database(settings) as conn:
+        rows = await drift_table.recorded(conn)
+    if rows is None:
+        raise OpsError("the database has no flowscribe.schema_drift table; run `flowscribe-ingest migrate`")
+    found = classified(rows)
     if args.json:
         for row in found:
             json_line(console, row)

@@ -135,7 +135,9 @@ class Tally:
             self.newest_received_at = max(self.newest_received_at or at, at)
 
 
-async def prune_command(settings: Settings, args: argparse.Namespace, console: Console) -> int:
+async def prune_command(settings: Settings, args: argparse.Namespace, console: Console,
+                        stop: asyncio.Event | None = None) -> int:
+    """``stop``: set to stop between two batches; None: SIGTERM/SIGINT do (a process of its own, the CLI)."""
     cutoff: datetime.datetime = args.older_than
     if cutoff > datetime.datetime.now(datetime.UTC):
         raise UsageError("--older-than must be in the past (an age like 90d, or a past timestamp)")
@@ -151,9 +153,13 @@ async def prune_command(settings: Settings, args: argparse.Namespace, console: C
             _report(console, tally, args.json, outcomes)
             return 0
         total = survey["bodies"] + (survey["deleted"] if args.ledger else 0)
-        stop = asyncio.Event()
-        with stop_on_signals(stop):
-            await _prune(conn, tally, args.batch_size, args.duty_cycle, Progress(console, "pruning", total), stop)
+        progress = Progress(console, "pruning", total)
+        if stop is not None:  # in a process with its own signal handling (the console): leave it alone
+            await _prune(conn, tally, args.batch_size, args.duty_cycle, progress, stop)
+        else:
+            stop = asyncio.Event()
+            with stop_on_signals(stop):
+                await _prune(conn, tally, args.batch_size, args.duty_cycle, progress, stop)
     _report(console, tally, args.json)
     return 0
 

@@ -21,13 +21,20 @@ def parse_when(text: str, now: datetime.datetime | None = None) -> datetime.date
     """An ISO 8601 timestamp (UTC if it has no offset) or an age: ``90s``, ``15m``, ``2h``, ``3d``."""
     now = now or datetime.datetime.now(datetime.UTC)
     relative = _RELATIVE.match(text.strip())
-    if relative:
-        return now - datetime.timedelta(**{_UNITS[relative[2]]: int(relative[1])})
     try:
+        if relative:
+            return now - datetime.timedelta(**{_UNITS[relative[2]]: int(relative[1])})
         value = datetime.datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise ValueError(f"{text!r} is neither an ISO 8601 timestamp nor an age like 15m, 2h, 3d") from None
-    return as_utc(value)
+    except (OverflowError, ValueError):
+        # An age reaching before year 1 (1000000d) or a time PostgreSQL could not take is bad input, not a crash.
+        if relative:
+            raise ValueError(f"{text[:40]!r} reaches back before the year 1") from None
+        raise ValueError(f"{text[:40]!r} is neither an ISO 8601 timestamp nor an age like 15m, 2h, 3d") from None
+    try:
+        # In UTC: 0001-01-01T00:00+05:00 is before the year 1 there, which no driver or database can take.
+        return as_utc(value).astimezone(datetime.UTC)
+    except OverflowError:
+        raise ValueError(f"{text[:40]!r} is out of range") from None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

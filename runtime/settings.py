@@ -65,6 +65,13 @@ def _secret(raw: str) -> Secrets:
     return Secrets([raw.strip()]) if raw.strip() else Secrets()
 
 
+def _long_secret(raw: str) -> Secrets:
+    """One secret key, long enough to key an HMAC with (kept in Secrets: never shown)."""
+    if len(raw.strip()) < 32:
+        raise ValueError("must be at least 32 characters (flowscribe-ingest token new makes one)")
+    return Secrets([raw.strip()])
+
+
 ROLES = ("view", "operate")
 _NAME = re.compile(r"[A-Za-z0-9._@-]+")
 
@@ -330,6 +337,12 @@ class Settings:
         "FLOWSCRIBE_CONSOLE_TOKENS", Secrets(), _console_credentials,
         "Console logins, comma-separated `name:role:token` (role `view` or `operate`). The name is"
         " what the audit log shows; the token is the password.",
+    )
+    console_session_secret: Secrets = _setting(
+        "FLOWSCRIBE_CONSOLE_SESSION_SECRET", Secrets(), _long_secret,
+        "Key of the console's sessions (kept in PostgreSQL): the same on every replica, at least 32"
+        " characters (`flowscribe-ingest token new`). Changing it logs everyone out. Empty: a key of the"
+        " process's own, so a restart logs everyone out and replicas do not share logins.",
     )
     console_user_header: str = _setting(
         "FLOWSCRIBE_CONSOLE_USER_HEADER", "", str,

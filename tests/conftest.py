@@ -42,7 +42,7 @@ TABLES = (
     "sentence_keywords", "sentence_scorings", "sentence_topics", "conversation_summaries",
 )
 # Tables the worker writes apart from the callbacks' rows (not counted in flowscribe_rows_written).
-SIDE_TABLES = ("schema_drift",)
+SIDE_TABLES = ("schema_drift", "console_sessions", "console_audit")
 
 
 def _rabbitmqctl(*args: str) -> None:

@@ -23,7 +23,7 @@ _CSRF = re.compile(r'name="csrf" value="([^"]+)"')
 
 
 def console_settings(settings: Settings, **overrides: Any) -> Settings:
-    return dataclasses.replace(settings, console_tokens=CREDENTIALS, **overrides)
+    return dataclasses.replace(settings, **{"console_tokens": CREDENTIALS, **overrides})
 
 
 @pytest.fixture

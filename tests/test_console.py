@@ -52,11 +52,12 @@ class TestLogin:
     """Nothing is shown before login; tokens are compared, never logged; the cookie is strict."""
 
     async def test_pages_need_a_login(self, client):
-        for path in ("/", "/callbacks", "/dead-letters", "/jobs"):
+        for path in ("/", "/callbacks", "/dead-letters", "/jobs", "/audit", "/drift", "/archive"):
             response, _ = await client.get(path, allow_redirects=False)
             assert response.status == 303 and response.headers["Location"].startswith("/login"), path
-        response, _ = await client.post("/dead-letters/replay", {"all": "1"})
-        assert response.status == 403
+        for path, form in (("/dead-letters/replay", {"all": "1"}), ("/archive/prune", {"older_than": "1d"})):
+            response, _ = await client.post(path, form)
+            assert response.status == 403, path
 
     async def test_a_wrong_token_is_refused_and_neither_token_is_logged(self, client, caplog):
         caplog.set_level(logging.DEBUG)
@@ -71,7 +72,7 @@ class TestLogin:
     async def test_cookie_flags_and_a_fresh_session_at_login(self, client):
         response, _ = await client.get("/login")
         before = response.cookies["flowscribe_console"]
-        assert before["httponly"] and before["samesite"] == "Strict" and not before["secure"]
+        assert before["httponly"] and before["samesite"] == "Lax" and not before["secure"]
         await client.login(VIEWER_TOKEN)
         after = [c for c in client.http.cookie_jar if c.key == "flowscribe_console"]
         assert len(after) == 1 and after[0].value != before.value  # no session fixation
@@ -134,7 +135,8 @@ class TestHeaders:
     async def test_strict_policy_on_every_response(self, client, db, broker):
         stored = await store(db, versioned(1, analysis_id=str(uuid.uuid4())), T0)
         await client.login(OPERATOR_TOKEN)
-        for path in ("/login", "/", "/callbacks", f"/callbacks/{stored}", "/dead-letters", "/jobs",
+        for path in ("/login", "/", "/callbacks", f"/callbacks/{stored}", "/dead-letters", "/jobs", "/audit",
+                     "/drift", "/archive",
                      "/static/console.css", "/no-such-page"):
             response, _ = await client.get(path)
             csp = response.headers["Content-Security-Policy"]

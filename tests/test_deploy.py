@@ -249,7 +249,7 @@ class TestKubernetesManifests:
             assert port_number(gateway["spec"]["containers"][0], port["targetPort"]) == Settings().gateway_port
 
     def test_the_console_is_internal_and_single(self):
-        """The console's Service never leaves the cluster, and one replica holds the sessions."""
+        """The console's Service never leaves the cluster, and one replica holds the previews and jobs."""
         service = of_kind("Service")["flowscribe-console"]
         assert service["spec"]["type"] == "ClusterIP" and "externalIPs" not in service["spec"]
         deployment = of_kind("Deployment")["flowscribe-console"]
