@@ -242,6 +242,48 @@ class TestOneCallback:
         assert_nothing_secret(spans)
 
 
+class TestConsoleLink:
+    """The console links a callback's page to its trace once a trace UI address is set."""
+
+    async def test_the_callback_page_links_to_its_trace(self, settings, db, broker):
+        from console.app import create_app as create_console
+        from tests.console_support import VIEWER_TOKEN, Client, console_settings
+        from tests.test_pipeline import T0, publish_as_gateway
+
+        trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+        # A callback stored with a trace id, and one (as a worker of the version before stores it) without.
+        traced = await publish_as_gateway(broker, JSON_SAMPLE, received_at=T0)
+        await db.execute("INSERT INTO flowscribe.callbacks (id, received_at, content_type, body_sha256, body,"
+                         " outcome, trace_id) VALUES ($1, $2, 'application/json', 'x', 'b', 'job_failed', $3)",
+                         uuid.UUID(traced), T0, trace_id)
+        untraced = uuid.uuid4()
+        await db.execute("INSERT INTO flowscribe.callbacks (id, received_at, content_type, body_sha256, body,"
+                         " outcome) VALUES ($1, $2, 'application/json', 'y', 'b', 'job_failed')", untraced, T0)
+        for url, link in (("https://jaeger.example.com/trace/{trace_id}", True), ("", False)):
+            server = TestServer(create_console(console_settings(settings, trace_url=url)))
+            await server.start_server()
+            client = Client(server)
+            try:
+                await client.login(VIEWER_TOKEN)
+                _, page = await client.get(f"/callbacks/{traced}")
+                assert (f'href="https://jaeger.example.com/trace/{trace_id}"' in page) is link
+                assert trace_id in page
+                response, page = await client.get(f"/callbacks/{untraced}")
+                assert response.status == 200 and "jaeger" not in page and ">trace<" not in page
+            finally:
+                await client.close()
+                await server.close()
+
+    def test_the_address_must_name_the_trace_id(self):
+        from runtime.settings import Settings, SettingsError
+
+        assert Settings.from_env({"FLOWSCRIBE_TRACE_URL": "https://t.example/{trace_id}"}).trace_url
+        with pytest.raises(SettingsError):
+            Settings.from_env({"FLOWSCRIBE_TRACE_URL": "https://t.example/trace"})
+        with pytest.raises(SettingsError):
+            Settings.from_env({"FLOWSCRIBE_TRACE_URL": "javascript:alert(1)//{trace_id}"})
+
+
 def _variant(i: int) -> bytes:
     sample = json.loads(JSON_SAMPLE)
     sample["ConversationAnalysisModel"]["ID"] = str(uuid.UUID(int=i + 1))
@@ -279,7 +321,7 @@ class TestErrors:
         spans = await spans_until(exported, lambda s: sum(x.name == "dead-letter" for x in s) == 2, "dead again")
         trace_ids = {s.context.trace_id for s in spans if s.name != "write batch"}
         assert len(trace_ids) == 1, by_name(spans)
-        story = [s.name for s in sorted(spans, key=lambda s: s.start_time)
+        story = [s.name for s in sorted(spans, key=lambda s: s.start_time or 0)
                  if s.name in ("decode", "dead-letter", "replay")]
         assert story == ["decode", "dead-letter", "replay", "decode", "dead-letter"]
         (first, second) = [s for s in spans if s.name == "decode"]
