@@ -53,11 +53,14 @@ def traced_callbacks(
                 status = e.status
                 raise
             finally:
-                attributes.update(_outcome(request, status, response, message_id, content_type))
-                span.set_attributes(attributes)
-                if status >= 500:
-                    span.set_status(Status(StatusCode.ERROR))
-        if status >= 400 and not span.get_span_context().trace_flags.sampled:
+                recording = span.is_recording()
+                if recording or status >= 400:  # else nobody reads them
+                    attributes.update(_outcome(request, status, response, message_id, content_type))
+                if recording:
+                    span.set_attributes(attributes)
+                    if status >= 500:
+                        span.set_status(Status(StatusCode.ERROR))
+        if status >= 400 and not recording:
             # Refusals are always kept: this one's span was not sampled, so record it again.
             copy = active.tracer.start_span(
                 SPAN_NAME, kind=SpanKind.SERVER, start_time=started,

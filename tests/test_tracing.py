@@ -165,6 +165,29 @@ class TestOff:
         assert not tracing.configured({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318", "OTEL_SDK_DISABLED": "TRUE"})
 
 
+class TestDeploy:
+    """deploy/ names the variables to turn traces on, commented; uncommented, they are what the README says."""
+
+    def test_the_configmap_lines_uncommented(self):
+        import re
+        from pathlib import Path
+
+        import yaml
+
+        from runtime.settings import Settings
+
+        text = (Path(__file__).parents[1] / "deploy" / "k8s" / "configmap.yaml").read_text()
+        uncommented = re.sub(r"^  # ((OTEL_|FLOWSCRIBE_TRACE_URL)\w*:)", r"  \1", text, flags=re.MULTILINE)
+        data = yaml.safe_load(uncommented)["data"]
+        otel = {k: v for k, v in data.items() if k.startswith("OTEL_")}
+        assert set(otel) == {"OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_TRACES_SAMPLER", "OTEL_TRACES_SAMPLER_ARG",
+                             "OTEL_RESOURCE_ATTRIBUTES"}
+        assert tracing.configured(otel) and 0 < float(otel["OTEL_TRACES_SAMPLER_ARG"]) <= 1
+        assert Settings.from_env(data).trace_url == data["FLOWSCRIBE_TRACE_URL"]
+        readme = (Path(__file__).parents[1] / "README.md").read_text()
+        assert all(f"`{name}`" in readme for name in otel)
+
+
 class TestTraceIds:
     """The ledger keeps the trace id of a sampled traceparent only."""
 
