@@ -355,6 +355,33 @@ class TestErrors:
         assert_nothing_secret(spans)
 
 
+    async def test_a_retry_goes_on_in_the_callbacks_trace(self, exported, gateway, http, db, start_worker):
+        from tests.test_worker import TestTransientRetries
+
+        conflicts = TestTransientRetries()
+        await db.execute(conflicts.CONFLICT_TRIGGER)
+        try:
+            start_worker(max_attempts=2)
+            message_id, _ = await post_signed(http, gateway, conflicts.colliding())
+            spans = await spans_until(exported, lambda s: any(x.name == "dead-letter" for x in s), "exhausted")
+            assert await outcome_of(db, message_id) is None
+        finally:
+            await db.execute(conflicts.DROP_TRIGGER)
+        (root,) = [s for s in spans if s.name == "POST /flowscribe/callback"]
+        mine = sorted((s for s in spans if s.context.trace_id == root.context.trace_id),
+                      key=lambda s: s.start_time or 0)
+        assert [s.name for s in mine if s.name in ("decode", "retry later", "dead-letter")] == [
+            "decode", "retry later", "decode", "dead-letter"]
+        (retry,) = [s for s in mine if s.name == "retry later"]
+        (queued,) = [s for s in mine if s.name == "queued" and s.parent.span_id == retry.context.span_id]
+        assert queued.end_time - queued.start_time >= 0.9e9  # the retry queue's 1 s delay
+        # The failed writes are in the batches' traces, linked to this one: their statements, down to the ROLLBACK.
+        batches = [s for s in spans if s.name == "write batch"]
+        assert any(link.context.trace_id == root.context.trace_id for b in batches for link in b.links)
+        assert "ROLLBACK" in by_name(spans), sorted(by_name(spans))
+        assert_nothing_secret(spans)
+
+
 # ------------------------------------------------------------------------ OTLP over HTTP
 
 
