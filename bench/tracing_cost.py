@@ -184,10 +184,10 @@ async def run(args: argparse.Namespace) -> None:
     rounds: list[dict[str, Any]] = []
     try:
         wait_http_ready(sink_port, "/counts")
+        modes = [mode for mode in MODES if mode != BASELINE or args.baseline is not None]
         for r in range(args.rounds):
-            for mode in MODES:
-                if mode == BASELINE and args.baseline is None:
-                    continue
+            # Each round starts with the next mode: no mode always runs first (or after the same one).
+            for mode in modes[r % len(modes):] + modes[:r % len(modes)]:
                 bodies = [payloads.variant(template, payload, r * 1_000_000 + i) for i in range(args.count)]
                 result = await round_of(services, out, mode, bodies, sink_port, args.baseline)
                 rounds.append(result)

@@ -79,8 +79,11 @@ class WorkerTracing:
         """``message`` was decoded (into ``callback``) or refused (``error``) from ``started`` (ns) until now."""
         active = self._active
         parent = active.extract(message.headers)
+        sampled = active.sampled(parent)
+        if not sampled and error is None:
+            return  # its spans would record nothing
         published = (message.headers or {}).get(HEADER_PUBLISHED_AT)
-        if isinstance(published, int) and 0 < published < started and active.sampled(parent):
+        if isinstance(published, int) and 0 < published < started and sampled:
             active.start("queued", parent=parent, kind="consumer", start_time=published,
                          attributes={MESSAGE_ID: message.message_id or ""}).end(started)
         facts = _facts(message, callback)
