@@ -191,6 +191,20 @@ class TestDeploy:
 class TestTraceIds:
     """The ledger keeps the trace id of a sampled traceparent only."""
 
+    def test_a_replay_copy_keeps_the_trace_not_the_publish_time(self):
+        from types import SimpleNamespace
+
+        from ops.messages import replay_copy
+        from runtime.messages import PROPERTIES
+
+        traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        letter = SimpleNamespace(body=b"{}", headers={"traceparent": traceparent, "tracestate": "v=1",
+                                                      tracing.HEADER_PUBLISHED_AT: 1, "x-flowscribe-error": "E"},
+                                 **dict.fromkeys(PROPERTIES))
+        headers = replay_copy(letter).headers  # type: ignore[arg-type]  # the attributes it reads
+        assert headers["traceparent"] == traceparent and headers["tracestate"] == "v=1"
+        assert tracing.HEADER_PUBLISHED_AT not in headers and "x-flowscribe-error" not in headers
+
     def test_sampled_trace_id(self):
         assert sampled_trace_id({"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}) == (
             "4bf92f3577b34da6a3ce929d0e0e4736")
