@@ -20,6 +20,7 @@ import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
+import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
@@ -477,6 +478,35 @@ class TestExport:
         services = {s for s, _, _ in receiver.spans}
         assert services == {"flowscribe-otlp-test"}
         assert len({t for _, n, t in receiver.spans if n == "POST /flowscribe/callback"}) == 3
+
+    async def test_forked_gateway_processes_export_their_spans_at_exit(self, settings, broker):
+        """FLOWSCRIBE_GATEWAY_PROCESSES=2: the SDK's export thread is made again in each child, and
+        a child's last spans leave before it exits (export held back until then: a 60 s schedule)."""
+        from tests.support import CliProcess, service_env
+
+        receiver = Receiver()
+        server = TestServer(receiver.app)
+        await server.start_server()
+        try:
+            env = service_env(settings, FLOWSCRIBE_GATEWAY_PROCESSES="2",
+                              OTEL_EXPORTER_OTLP_ENDPOINT=str(server.make_url("")), OTEL_BSP_SCHEDULE_DELAY="60000")
+            gateway = await CliProcess.start("gateway", env)
+            try:
+                port = (await gateway.event("gateway processes started"))["port"]
+                for _ in range(8):
+                    async with aiohttp.ClientSession() as session:  # a connection each: both processes serve
+                        async with session.post(f"http://127.0.0.1:{port}/flowscribe/callback/{TOKEN}",
+                                                data=JSON_SAMPLE, headers={"Content-Type": "application/json"}) as r:
+                            assert r.status == 202
+                assert not receiver.spans  # held back by the schedule
+            finally:
+                assert await gateway.stop() == 0, gateway.output
+        finally:
+            await server.close()
+        requests = [(s, t) for s, n, t in receiver.spans if n == "POST /flowscribe/callback"]
+        assert len(requests) == 8 and {s for s, _ in requests} == {"flowscribe-ingest-gateway"}
+        served = {e["pid"] for e in gateway.events() if e.get("event") == "callback accepted"}
+        assert len(served) == 2, "both processes served (and so exported)"
 
     async def test_a_dead_receiver_costs_only_the_spans(self, settings, http, db, start_worker):
         with socket.socket() as sock:
