@@ -36,7 +36,16 @@ from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.util.types import Attributes
 
-from runtime.trace_names import ALWAYS_SAMPLED, BODY_SIZE, CONTENT_TYPE, HEADER_PUBLISHED_AT, MESSAGE_ID, TRACESTATE
+from runtime.trace_names import (
+    ALWAYS_SAMPLED,
+    BODY_SIZE,
+    CONTENT_TYPE,
+    HEADER_PUBLISHED_AT,
+    MESSAGE_ID,
+    OUTCOME,
+    REASON,
+    TRACESTATE,
+)
 
 __all__ = ["ErrorsAlwaysSampled", "Link", "SpanKind", "Status", "StatusCode", "Tracing", "failed"]
 
@@ -125,6 +134,7 @@ class Tracing:
     @contextlib.contextmanager
     def publishing(
         self, message: Any, name: str, *, destination: str, parent: Mapping[str, Any] | None, always: bool,
+        outcome: str | None = None, reason: str | None = None,
     ) -> Iterator[trace.Span]:
         """See runtime.tracing.publishing."""
         span_attributes: dict[str, Any] = {
@@ -136,6 +146,10 @@ class Tracing:
             span_attributes[MESSAGE_ID] = message.message_id
         if always:
             span_attributes[ALWAYS_SAMPLED] = True
+        if outcome:
+            span_attributes[OUTCOME] = outcome
+        if reason:
+            span_attributes[REASON] = reason
         parent_context = self.extract(parent) if parent is not None else None
         # No exception recorded as such: its text may say anything (runtime.errors.describe is for logs).
         with self.tracer.start_as_current_span(

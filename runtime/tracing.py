@@ -114,16 +114,19 @@ def flush() -> None:
 
 def publishing(
     message: Any, name: str, *, destination: str, parent: Mapping[str, Any] | None = None, always: bool = False,
+    outcome: str | None = None, reason: str | None = None,
 ) -> contextlib.AbstractContextManager[object]:
     """A span around publishing ``message`` (an aio_pika.Message) to ``destination`` (the exchange)
     that puts its own context in the message's headers; nothing while tracing is off. Its parent
     is the trace in the ``parent`` headers (a message this one copies), else the current span.
     ``always``: record it whatever the sampling ratio (a dead letter), and so the rest of that
-    callback's trace after it."""
+    callback's trace after it. ``outcome``, ``reason``: what the move means for the callback
+    (``dead_lettered``, and the error's class: never its text, which may quote the body)."""
     tracing = _active
     if tracing is None:
         return _NULL
-    return tracing.publishing(message, name, destination=destination, parent=parent, always=always)
+    return tracing.publishing(message, name, destination=destination, parent=parent, always=always,
+                              outcome=outcome, reason=reason)
 
 
 def event(name: str) -> None:

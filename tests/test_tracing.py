@@ -365,6 +365,10 @@ class TestErrors:
         (first, second) = [s for s in spans if s.name == "decode"]
         assert first.attributes[tracing.OUTCOME] == "dead_lettered"
         assert first.attributes[tracing.REASON] == "PayloadDecodeError"
+        for dead in by_name(spans)["dead-letter"]:
+            assert dead.attributes[tracing.OUTCOME] == "dead_lettered"
+            assert dead.attributes[tracing.REASON] == "PayloadDecodeError"
+            assert dead.attributes[tracing.MESSAGE_ID] == message_id
         (replay,) = by_name(spans)["replay"]
         assert second.parent.span_id == replay.context.span_id  # the replay's copy carried its context
         assert_nothing_secret(spans)
@@ -388,6 +392,9 @@ class TestErrors:
         assert [s.name for s in mine if s.name in ("decode", "retry later", "dead-letter")] == [
             "decode", "retry later", "decode", "dead-letter"]
         (retry,) = [s for s in mine if s.name == "retry later"]
+        assert retry.attributes[tracing.OUTCOME] == "retried"
+        (dead,) = [s for s in mine if s.name == "dead-letter"]
+        assert dead.attributes[tracing.REASON] == "RetriesExhausted"
         (queued,) = [s for s in mine if s.name == "queued" and s.parent.span_id == retry.context.span_id]
         assert queued.end_time - queued.start_time >= 0.9e9  # the retry queue's 1 s delay
         # The failed writes are in the batches' traces, linked to this one: their statements, down to the ROLLBACK.

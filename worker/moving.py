@@ -63,14 +63,17 @@ async def move(
     timeout: float,
     *,
     traced_as: str,
+    outcome: str,
+    reason: str | None = None,
     always_traced: bool = False,
 ) -> None:
     """Publish ``copy`` with confirms (raises if not confirmed), then ack the original.
 
-    ``traced_as``: the name of the move's span in the message's trace (runtime.tracing);
-    ``always_traced``: kept whatever the sampling (a dead letter), and the copy's trace with it."""
+    ``traced_as``: the name of the move's span in the message's trace (runtime.tracing), with
+    the callback's ``outcome`` and ``reason`` (an error's class); ``always_traced``: kept
+    whatever the sampling (a dead letter), and the copy's trace with it."""
     with tracing.publishing(copy, traced_as, destination=exchange.name, parent=message.headers,
-                            always=always_traced):
+                            always=always_traced, outcome=outcome, reason=reason):
         await publish_confirmed(exchange, copy, routing_key, timeout)
     await message.ack()
 
@@ -92,6 +95,8 @@ async def dead_letter(
         topology.DEAD_LETTER_ROUTING_KEY,
         timeout,
         traced_as="dead-letter",
+        outcome="dead_lettered",
+        reason=error_class,
         always_traced=True,
     )
 
@@ -108,5 +113,6 @@ async def retry_later(
         topology.retry_queue(delay),
         timeout,
         traced_as="retry later",
+        outcome="retried",
     )
     return delay
