@@ -32,7 +32,7 @@ def records(bodies: list[tuple[bytes, str]]) -> list[dict[str, list[tuple]]]:
         cb = Callback(uuid.uuid4(), now, content_type, hashlib.sha256(body).hexdigest(), body, payload)
         tables: dict[str, list[tuple]] = {
             "callbacks": [(cb.id, cb.received_at, cb.content_type, cb.body_sha256, cb.body, "ingested",
-                           cb.analysis.ID, cb.job_id)],
+                           cb.analysis.ID, cb.job_id, cb.trace_id)],
             "jobs": [(cb.job_id, payload.JobStatus.Success, payload.JobStatus.ErrorMsg,
                       cb.analysis.ID, cb.received_at, cb.id)],
             "analyses": [analysis_row(cb)],

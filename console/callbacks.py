@@ -56,8 +56,10 @@ async def show(request: web.Request) -> web.StreamResponse:
         stored = await ledger.stored(conn, row["analysis_id"], row["job_id"])
     # No body: pruned from the archive (the ledger row stays).
     body = None if row["body_head"] is None else bodies.shown(bytes(row["body_head"]), row["size"], row["content_type"])
+    trace_url = request.app[keys.SETTINGS].trace_url
     return render("callback.html", request, {
         "row": row, "body": body, "history": history, "stored": stored,
+        "trace_link": trace_url.replace("{trace_id}", row["trace_id"]) if trace_url and row["trace_id"] else None,
     })
 
 

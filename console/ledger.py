@@ -111,7 +111,7 @@ async def search(conn: Connection, f: LedgerFilter, after: Cursor | None = None,
 async def callback(conn: Connection, message_id: uuid.UUID) -> asyncpg.Record | None:
     """One ledger row with its body (whole if small, else its first BODY_HEAD bytes)."""
     return await conn.fetchrow(
-        f"SELECT {_COLUMNS}, body_sha256,"
+        f"SELECT {_COLUMNS}, body_sha256, trace_id,"
         " CASE WHEN octet_length(body) <= $2 THEN body ELSE substring(body FROM 1 FOR $3) END AS body_head"
         " FROM flowscribe.callbacks WHERE id = $1",
         message_id, WHOLE_BODY_LIMIT, BODY_HEAD,

@@ -20,6 +20,7 @@ import gateway
 import worker
 from ops import commands as ops_commands
 from ops import register
+from runtime import tracing
 from runtime.handlers import lazy
 from runtime.settings import Secrets, Settings, SettingsError
 
@@ -122,9 +123,14 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.run(args))
     try:
         settings = Settings.from_env()
-        return int(args.run(settings, args))
+        # Traces, if OTEL_EXPORTER_OTLP_ENDPOINT asks for them: flushed when the command ends.
+        with tracing.installed(f"flowscribe-ingest-{args.command}"):
+            return int(args.run(settings, args))
     except SettingsError as e:  # also a combination a process cannot start with (the gateway without a token)
         print(f"flowscribe-ingest: bad setting: {e}", file=sys.stderr)
+        return 2
+    except tracing.TracingUnavailable as e:
+        print(f"flowscribe-ingest: {e}", file=sys.stderr)
         return 2
 
 

@@ -36,6 +36,7 @@ from gateway.redaction import redact_path
 from gateway.routes import CALLBACK_PATH, OPENAPI_PATH
 from gateway.signatures import SignatureError, SignatureVerifier
 from gateway.sources import SourcePolicy, rate_key
+from runtime import tracing
 from runtime.amqp import BrokerSession
 from runtime.probes import add_probes
 from runtime.settings import Settings
@@ -85,10 +86,13 @@ def create_app(settings: Settings, *, publish: Publish = publish_callback) -> we
     # client_max_size is a backstop for any future request.read(); the
     # callback handler counts bytes itself as they arrive (gateway.body).
     # Metrics outermost, so that every answer is counted: 403/429 from the guard, 500 from a bug.
+    middlewares = [_answer_then_close, metrics.count_responses(CALLBACK_PATH), _json_errors, _source_guard]
+    if (active_tracing := tracing.active()) is not None:  # off: not even imported
+        from gateway.tracing import traced_callbacks
+
+        middlewares.insert(2, traced_callbacks(active_tracing, MESSAGE_ID, CONTENT_TYPE))
     app = web.Application(
-        client_max_size=settings.max_body_bytes,
-        middlewares=[_answer_then_close, metrics.count_responses(CALLBACK_PATH), _json_errors, _source_guard],
-        handler_args=BODY_HANDLING,
+        client_max_size=settings.max_body_bytes, middlewares=middlewares, handler_args=BODY_HANDLING,
     )
     app[SETTINGS] = settings
     app[METRICS] = metrics
@@ -246,6 +250,7 @@ async def receive_callback(request: web.Request) -> web.Response:
             signed = verifier.check_headers(request.headers, time.time())
         except SignatureError as e:
             return _error(401, f"signature refused: {e}")
+    tracing.event("authenticated")
 
     if request.content_type not in ACCEPTED_TYPES:
         return _error(
@@ -288,11 +293,13 @@ async def receive_callback(request: web.Request) -> web.Response:
             return _unavailable(settings, "the gateway is busy; retry later")
         if not body:
             return _error(400, "empty body")
+        tracing.event("body read")
         if signed is not None and verifier is not None:
             try:
                 verifier.verify(signed, body)
             except SignatureError as e:
                 return _error(401, f"signature refused: {e}")
+            tracing.event("signature verified")
 
         content_type = request.content_type
         if request.charset:

@@ -37,6 +37,7 @@ import tempfile
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from runtime import tracing
 from runtime.serving import listening_socket
 from runtime.settings import Settings
 
@@ -154,4 +155,5 @@ def _child(serve: Callable[..., Coroutine[Any, Any, None]], settings: Settings, 
         log.exception("gateway process failed", extra={"index": index})
         return 1
     finally:
+        tracing.flush()  # os._exit follows: the process's last spans go now or never
         logging.shutdown()

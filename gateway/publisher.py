@@ -7,6 +7,7 @@ import datetime
 import uuid
 from collections.abc import Awaitable, Callable
 
+from runtime import tracing
 from runtime.amqp import BrokerSession
 from runtime.messages import publish_confirmed
 from schemas import topology
@@ -36,7 +37,8 @@ async def publish_callback(
         # half-dead connection (aio-pika's own timeout covers only the confirm).
         # asyncio.timeout, not wait_for: no extra task per callback.
         async with asyncio.timeout(timeout):
-            await publish_confirmed(declared.callback_exchange, message, topology.CALLBACK_ROUTING_KEY, timeout)
+            with tracing.publishing(message, "publish", destination=topology.CALLBACK_EXCHANGE):
+                await publish_confirmed(declared.callback_exchange, message, topology.CALLBACK_ROUTING_KEY, timeout)
     except asyncio.CancelledError:
         raise
     except Exception as e:

@@ -20,6 +20,7 @@ import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
 
 from runtime.messages import PROPERTIES, republishable
+from runtime.trace_names import HEADER_PUBLISHED_AT
 from schemas import topology
 
 # Headers that describe a message's stay in the dead-letter queue or its past
@@ -33,6 +34,7 @@ STAY_HEADERS = frozenset({
     topology.HEADER_DEAD_LETTERED_BY,
     topology.HEADER_ATTEMPTS,
     topology.HEADER_LAST_ERROR,
+    HEADER_PUBLISHED_AT,  # when the dead letter was published (a traced replay stamps its own)
 })
 BROKER_HEADERS = frozenset({"x-delivery-count"})
 

@@ -31,6 +31,7 @@ from ops.publish import Pacer
 from ops.redecode import recheck
 from ops.render import Console, Progress, shorten, table
 from ops.selection import Selector
+from runtime import tracing
 from runtime.errors import describe
 from runtime.messages import publish_confirmed
 from runtime.settings import Settings
@@ -80,9 +81,12 @@ async def _replay_one(
         console.note(f"skipped {letter.message_id}: still fails: {error}")
         return "skipped"
     await pacer.wait()
+    copy = replay_copy(letter.message)  # its traceparent too: the replay goes on in the callback's trace
     try:
-        await publish_confirmed(declared.callback_exchange, replay_copy(letter.message),
-                        topology.CALLBACK_ROUTING_KEY, settings.publish_timeout)
+        with tracing.publishing(copy, "replay", destination=topology.CALLBACK_EXCHANGE,
+                                parent=letter.message.headers, always=True):
+            await publish_confirmed(declared.callback_exchange, copy, topology.CALLBACK_ROUTING_KEY,
+                                    settings.publish_timeout)
     except Exception as e:  # noqa: BLE001 - reported; the dead letter stays
         console.note(f"failed {letter.message_id}: the broker did not confirm the copy ({describe(e)});"
                      " it stays in the dead-letter queue")

@@ -159,6 +159,14 @@ def _choice(*allowed: str) -> Callable[[str], str]:
     return parse
 
 
+def _trace_url(raw: str) -> str:
+    """An http(s) address with ``{trace_id}`` in it (the console puts a trace's id there)."""
+    raw = raw.strip()
+    if not re.match(r"https?://[^/\s]+", raw) or "{trace_id}" not in raw:
+        raise ValueError("must be an http(s):// address with {trace_id} in it")
+    return raw
+
+
 def _amqp_url_list(raw: str) -> str:
     """The setting as given, once every URL in it is known to be one (``amqp_urls`` splits it)."""
     amqp_urls(raw)
@@ -319,6 +327,12 @@ class Settings:
     log_level: str = _setting(
         "FLOWSCRIBE_LOG_LEVEL", "info", _choice("debug", "info", "warning", "error"),
         "Least severe level logged.",
+    )
+    trace_url: str = _setting(
+        "FLOWSCRIBE_TRACE_URL", "", _trace_url,
+        "The trace UI's page of one trace, `{trace_id}` standing for its id (Jaeger:"
+        " `https://jaeger.example.com/trace/{trace_id}`); the console links each callback's page to its"
+        " trace. Empty: no link. (Traces themselves are configured by the `OTEL_*` variables: see \"Traces\".)",
     )
     api_key: Secrets = _setting(
         "FLOWSCRIBE_API_KEY", Secrets(), _secret,

@@ -19,6 +19,7 @@ import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
 
 from runtime.times import as_utc
+from runtime.trace_names import sampled_trace_id
 from schemas import topology
 from schemas.decoding import decode_payload
 from schemas.payload import ConversationAnalysis, Payload
@@ -67,6 +68,7 @@ class Callback:
     body: bytes
     payload: Payload
     reprocess: bool = False  # re-derive a stored callback's rows (see store.batch)
+    trace_id: str | None = None  # the sampled trace it travelled in (runtime.tracing), for the ledger
 
     @property
     def analysis(self) -> ConversationAnalysis | None:
@@ -108,7 +110,8 @@ def to_callback(message: AbstractIncomingMessage) -> Callback:
         raise InvalidMessage("the body does not match its SHA-256 header (corrupted on the way)")
     payload = decode_payload(body, message.content_type)
     reprocess = headers.get(topology.HEADER_REPROCESS) == "1"
-    return Callback(callback_id, received_at, message.content_type or "", digest, body, payload, reprocess)
+    return Callback(callback_id, received_at, message.content_type or "", digest, body, payload, reprocess,
+                    sampled_trace_id(headers))
 
 
 def _received_at(header: object, timestamp: datetime.datetime | None) -> datetime.datetime:

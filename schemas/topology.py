@@ -91,6 +91,10 @@ HEADER_ERROR_STAGE = "x-flowscribe-error-stage"  # decode | validate | database 
 HEADER_DEAD_LETTERED_AT = "x-flowscribe-dead-lettered-at"  # ISO 8601, UTC
 HEADER_DEAD_LETTERED_BY = "x-flowscribe-dead-lettered-by"  # worker connection name
 
+# Headers of the trace a message travels in (W3C traceparent and tracestate, and
+# x-flowscribe-published-at), set wherever it is published while tracing is on:
+# named in runtime.trace_names, below this layer, for runtime.tracing sets them.
+
 # Headers the ops commands set (flowscribe-ingest dlq replay / reprocess).
 HEADER_REPLAYS = "x-flowscribe-replays"  # how often the message was replayed from the dead-letter queue
 HEADER_REPROCESS = "x-flowscribe-reprocess"  # "1": re-derive the rows of this stored callback

@@ -162,6 +162,7 @@ async def _write(conn: Connection, plan: Plan, stored: set[uuid.UUID]) -> dict[s
                 plan.outcomes[cb.id].value,
                 cb.analysis.ID if cb.analysis is not None else None,
                 cb.job_id,
+                cb.trace_id,
             )
             for cb in plan.ledger
         ],

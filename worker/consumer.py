@@ -56,6 +56,7 @@ from worker.failures import Fault
 from worker.landing import Landing
 from worker.metrics import WorkerMetrics
 from worker.moving import attempts_so_far, dead_letter, retry_later
+from worker.tracing import for_worker
 
 log = logging.getLogger("worker")
 
@@ -63,6 +64,7 @@ T = TypeVar("T")
 
 # Batches a worker writes at once (each on its own pooled connection).
 WRITES_IN_FLIGHT = 2
+_UNTRACED = contextlib.nullcontext()
 
 
 def _rows_of(callback: Callback) -> int:
@@ -107,6 +109,7 @@ class Worker:
         self.acks: Counter[str] = Counter()
         self.metrics = WorkerMetrics()  # the same and more, for Prometheus (worker.http)
         self._landing = Landing(settings, pool, self.metrics)
+        self._tracing = for_worker()  # None while tracing is off
         # The port its HTTP server (worker.http) is bound to, once it is (port 0 in the settings: any free one).
         self.http_port: int | None = None
 
@@ -347,9 +350,12 @@ class Worker:
         for i, message in enumerate(batch):
             if not _channel_open(message):
                 continue  # its channel died: the broker redelivers it elsewhere
+            decoding = time.time_ns()
             try:
                 callback = to_callback(message)
             except (PayloadDecodeError, InvalidMessage) as e:
+                if self._tracing is not None:
+                    self._tracing.decoded(message, decoding, None, e)
                 stage = "decode" if isinstance(e, PayloadDecodeError) else "validate"
                 await self._dead_letter(message, stage, describe(e), type(e).__name__)
                 continue
@@ -359,6 +365,8 @@ class Worker:
                 self.metrics.count(Outcome.REDELIVERED.value)
                 await self._ack_all([message])
                 continue
+            if self._tracing is not None:
+                self._tracing.decoded(message, decoding, callback)
             messages[callback.id] = message
             callbacks.append(callback)
             if self._drift is not None and not callback.reprocess:
@@ -383,7 +391,11 @@ class Worker:
         """Write the batch (worker.landing); ack what committed, move what the database refused."""
 
         async def committed(landed: list[Callback], result: BatchResult, started: float) -> None:
+            committed_at = time.time_ns()
             await self._ack_all([messages[callback.id] for callback in landed])
+            if self._tracing is not None:
+                began = committed_at - int((time.perf_counter() - started) * 1e9)
+                self._tracing.landed(landed, messages, result.outcomes, began, committed_at, batch)
             for callback in landed:
                 outcome = result.outcomes[callback.id]
                 self.outcomes[outcome.value] += 1
@@ -412,7 +424,9 @@ class Worker:
             else:
                 await self._dead_letter(message, "database", describe(exc), type(exc).__name__)
 
-        await self._landing.land(callbacks, committed=committed, refused=refused, give_up_at=lambda: self._give_up_at)
+        with self._tracing.batch(messages.values()) if self._tracing is not None else _UNTRACED as batch:
+            await self._landing.land(callbacks, committed=committed, refused=refused,
+                                     give_up_at=lambda: self._give_up_at)
 
     async def _ack_all(self, landed: list[AbstractIncomingMessage]) -> None:
         """Ack messages under one deadline (one timer, not one task per ack): a frame

@@ -17,6 +17,7 @@ has, half by half: a bisection does not hold back the halves that are fine.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -29,12 +30,14 @@ from schemas.message import Callback
 from store.batch import BatchResult, write_batch
 from worker.failures import Fault, classify
 from worker.metrics import WorkerMetrics
+from worker.tracing import for_worker
 
 log = logging.getLogger("worker")
 
 # How often a batch is re-run at once after colliding with another transaction
 # before its messages go to the retry queues (each attempt counted per message).
 MAX_CONFLICT_RETRIES = 3
+_UNTRACED = contextlib.nullcontext()
 
 # (the callbacks that committed, the store's result, perf_counter() when their write began)
 Committed = Callable[[list[Callback], BatchResult, float], Awaitable[None]]
@@ -49,6 +52,7 @@ class Landing:
         self._settings = settings
         self._pool = pool
         self._metrics = metrics
+        self._tracing = for_worker()  # None while tracing is off
 
     async def land(
         self,
@@ -66,7 +70,8 @@ class Landing:
             try:
                 async with self._pool.acquire(timeout=10) as conn:
                     try:
-                        result = await write_batch(conn, callbacks)
+                        with self._tracing.statements(conn) if self._tracing is not None else _UNTRACED:
+                            result = await write_batch(conn, callbacks)
                     except Exception as e:
                         if classify(e) is Fault.UNAVAILABLE:
                             # A connection that timed out, lost its socket mid-statement

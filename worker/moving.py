@@ -16,6 +16,7 @@ from collections.abc import Mapping
 import aio_pika
 from aio_pika.abc import AbstractExchange, AbstractIncomingMessage, FieldValue
 
+from runtime import tracing
 from runtime.messages import publish_confirmed, republishable
 from schemas import topology
 from schemas.topology import Topology
@@ -60,9 +61,20 @@ async def move(
     exchange: AbstractExchange,
     routing_key: str,
     timeout: float,
+    *,
+    traced_as: str,
+    outcome: str,
+    reason: str | None = None,
+    always_traced: bool = False,
 ) -> None:
-    """Publish ``copy`` with confirms (raises if not confirmed), then ack the original."""
-    await publish_confirmed(exchange, copy, routing_key, timeout)
+    """Publish ``copy`` with confirms (raises if not confirmed), then ack the original.
+
+    ``traced_as``: the name of the move's span in the message's trace (runtime.tracing), with
+    the callback's ``outcome`` and ``reason`` (an error's class); ``always_traced``: kept
+    whatever the sampling (a dead letter), and the copy's trace with it."""
+    with tracing.publishing(copy, traced_as, destination=exchange.name, parent=message.headers,
+                            always=always_traced, outcome=outcome, reason=reason):
+        await publish_confirmed(exchange, copy, routing_key, timeout)
     await message.ack()
 
 
@@ -82,6 +94,10 @@ async def dead_letter(
         declared.dead_letter_exchange,
         topology.DEAD_LETTER_ROUTING_KEY,
         timeout,
+        traced_as="dead-letter",
+        outcome="dead_lettered",
+        reason=error_class,
+        always_traced=True,
     )
 
 
@@ -96,5 +112,7 @@ async def retry_later(
         declared.retry_exchange,
         topology.retry_queue(delay),
         timeout,
+        traced_as="retry later",
+        outcome="retried",
     )
     return delay
