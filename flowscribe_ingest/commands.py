@@ -14,7 +14,7 @@ import secrets
 import sys
 from collections.abc import Callable
 
-from runtime import logs
+from runtime import event_loop, logs
 from runtime.settings import Settings
 
 log = logging.getLogger("flowscribe_ingest")
@@ -67,7 +67,7 @@ def gateway(settings: Settings) -> int:
     from runtime.serving import listening_socket
 
     check_startable(settings)
-    asyncio.run(serve(settings, listening_socket(settings.gateway_host, settings.gateway_port)))
+    event_loop.run(serve(settings, listening_socket(settings.gateway_host, settings.gateway_port)), settings.event_loop)
     return 0
 
 
@@ -83,7 +83,7 @@ def worker(settings: Settings) -> int:
         with stop_on_signals(stop), collecting_less_often():
             await run_worker(settings, stop)
 
-    asyncio.run(work())
+    event_loop.run(work(), settings.event_loop)
     return 0
 
 
@@ -95,7 +95,7 @@ def console(settings: Settings) -> int:
     from runtime.serving import listening_socket
 
     check_startable(settings)
-    asyncio.run(serve(settings, listening_socket(settings.console_host, settings.console_port)))
+    event_loop.run(serve(settings, listening_socket(settings.console_host, settings.console_port)), settings.event_loop)
     return 0
 
 

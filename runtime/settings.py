@@ -313,6 +313,11 @@ class Settings:
         "FLOWSCRIBE_LOG_LEVEL", "info", _choice("debug", "info", "warning", "error"),
         "Least severe level logged.",
     )
+    event_loop: str = _setting(
+        "FLOWSCRIBE_EVENT_LOOP", "uvloop", _choice("uvloop", "asyncio"),
+        "Event loop of the gateway, worker and console: `uvloop` (less CPU per request and per"
+        " message) or `asyncio` (the standard library's).",
+    )
     api_key: Secrets = _setting(
         "FLOWSCRIBE_API_KEY", Secrets(), _secret,
         "Flowscribe API key, sent by `flowscribe-ingest register` in the header named by"
