@@ -387,14 +387,13 @@ def product_digest() -> str:
 
 
 def event_loop() -> str:
-    """The loop the product's processes run on (its CLI picks uvloop where installed, if it does)."""
+    """The loop the product's processes run on here (``FLOWSCRIBE_EVENT_LOOP``, runtime/event_loop.py)."""
     import importlib.metadata as md
 
-    from flowscribe_ingest import cli
+    from runtime.settings import Settings
 
-    if hasattr(cli, "run_event_loop"):
-        with contextlib.suppress(md.PackageNotFoundError):
-            return f"uvloop {md.version('uvloop')} (the product's choice when installed)"
+    if Settings.from_env().event_loop == "uvloop":
+        return f"uvloop {md.version('uvloop')}"
     return "asyncio (stdlib)"
 
 
