@@ -1,6 +1,6 @@
 """The broker ceiling: the gateway's messages published straight to RabbitMQ, no HTTP.
 
-Same client library and event loop as the gateway (aio-pika on the loop ``FLOWSCRIBE_EVENT_LOOP`` names), same
+Same client library and event loop as the gateway (aio-pika on asyncio), same
 message (persistent, mandatory, the gateway's headers and properties), same
 exchange and quorum queue, publisher confirms, ``--concurrency`` publishes in
 flight on one channel (as the gateway has one per request in flight). What it
@@ -21,9 +21,7 @@ from pathlib import Path
 
 import aio_pika
 
-from runtime import event_loop
 from runtime.messages import publish_confirmed
-from runtime.settings import Settings
 from schemas import topology
 from schemas.message import callback_message
 
@@ -78,8 +76,8 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=10)
     parser.add_argument("--warmup", type=float, default=2)
     args = parser.parse_args()
-    result = event_loop.run(run(args.url, Path(args.body_file).read_bytes(), args.content_type, args.concurrency,
-                                args.duration, args.warmup), Settings.from_env().event_loop)
+    result = asyncio.run(run(args.url, Path(args.body_file).read_bytes(), args.content_type, args.concurrency,
+                             args.duration, args.warmup))
     sys.stdout.write(json.dumps(result) + "\n")
 
 

@@ -19,8 +19,10 @@ import uuid
 
 def _gateway_publishing_nothing() -> int:
     """The gateway command (one process), with a publish that answers at once: the HTTP ceiling."""
+    import asyncio
+
     from gateway.server import check_startable, serve
-    from runtime import event_loop, logs
+    from runtime import logs
     from runtime.serving import listening_socket
     from runtime.settings import Settings
 
@@ -31,7 +33,7 @@ def _gateway_publishing_nothing() -> int:
     logs.configure("gateway", settings.log_format, settings.log_level)
     check_startable(settings)
     sock = listening_socket(settings.gateway_host, settings.gateway_port)
-    event_loop.run(serve(settings, sock, publish=publish_nothing), settings.event_loop)
+    asyncio.run(serve(settings, sock, publish=publish_nothing))
     return 0
 
 

@@ -387,13 +387,13 @@ def product_digest() -> str:
 
 
 def event_loop() -> str:
-    """The loop the product's processes run on here (``FLOWSCRIBE_EVENT_LOOP``, runtime/event_loop.py)."""
+    """The loop the worker runs on here (``FLOWSCRIBE_EVENT_LOOP``, runtime/event_loop.py); the gateway's is asyncio."""
     import importlib.metadata as md
 
     from runtime.settings import Settings
 
     if Settings.from_env().event_loop == "uvloop":
-        return f"uvloop {md.version('uvloop')}"
+        return f"worker uvloop {md.version('uvloop')}, gateway asyncio (stdlib)"
     return "asyncio (stdlib)"
 
 

@@ -67,7 +67,8 @@ def gateway(settings: Settings) -> int:
     from runtime.serving import listening_socket
 
     check_startable(settings)
-    event_loop.run(serve(settings, listening_socket(settings.gateway_host, settings.gateway_port)), settings.event_loop)
+    # The stdlib loop, whatever FLOWSCRIBE_EVENT_LOOP says: see runtime/event_loop.py.
+    asyncio.run(serve(settings, listening_socket(settings.gateway_host, settings.gateway_port)))
     return 0
 
 

@@ -25,6 +25,7 @@ does for one process. The supervisor itself never touches a request.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -36,7 +37,6 @@ import tempfile
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from runtime import event_loop
 from runtime.serving import listening_socket
 from runtime.settings import Settings
 
@@ -148,7 +148,7 @@ def _child(serve: Callable[..., Coroutine[Any, Any, None]], settings: Settings, 
         for sig in _STOP_SIGNALS:
             signal.signal(sig, signal.SIG_DFL)  # until the event loop installs its own
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
-        event_loop.run(serve(settings, sock), settings.event_loop)
+        asyncio.run(serve(settings, sock))  # the stdlib loop: see runtime/event_loop.py
         return 0
     except BaseException:
         log.exception("gateway process failed", extra={"index": index})

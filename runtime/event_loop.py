@@ -1,10 +1,14 @@
-"""The event loop a long-running process runs on: uvloop, or the standard library's.
+"""The event loop the worker and the console run on: uvloop, or the standard library's.
 
-uvloop (libuv under asyncio's API, the usual loop under aiohttp servers) does the
-same work with less CPU per socket read, write and timer: 5-10% less CPU per
-callback for the gateway and for the worker (bench/CPU.md).
-``FLOWSCRIBE_EVENT_LOOP=asyncio`` keeps the standard library's loop: the code is
-the same on both.
+uvloop (libuv under asyncio's API) does the same work with less CPU per socket
+read, write and timer (bench/CPU.md). ``FLOWSCRIBE_EVENT_LOOP=asyncio`` keeps the
+standard library's loop: the code is the same on both.
+
+Not the gateway: it saved the gateway 5-13% CPU per callback too, but with 200
+clients uploading 2 MiB at once against a 32 MiB in-flight budget its RSS grew by
+188 MiB instead of 113 (tests/test_security.py bounds it at 4x the budget, 128 MiB):
+uvloop reads more of the uploads it then refuses before the connection closes.
+The in-flight budget is a promise about memory, so the gateway keeps asyncio.run.
 """
 
 from __future__ import annotations
