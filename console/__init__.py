@@ -11,5 +11,4 @@ guarantees. Nothing below imports it.
 SETTINGS_READ = (
     "amqp_url", "database_url", "publish_timeout", "console_host", "console_port", "console_tokens",
     "console_user_header", "console_operators", "trusted_proxies", "shutdown_timeout", "log_format", "log_level",
-    "event_loop",
 )

@@ -96,7 +96,7 @@ def console(settings: Settings) -> int:
     from runtime.serving import listening_socket
 
     check_startable(settings)
-    event_loop.run(serve(settings, listening_socket(settings.console_host, settings.console_port)), settings.event_loop)
+    asyncio.run(serve(settings, listening_socket(settings.console_host, settings.console_port)))
     return 0
 
 

@@ -1,4 +1,4 @@
-"""The event loop the worker and the console run on: uvloop, or the standard library's.
+"""The event loop the worker runs on: uvloop, or the standard library's.
 
 uvloop (libuv under asyncio's API) does the same work with less CPU per socket
 read, write and timer (bench/CPU.md). ``FLOWSCRIBE_EVENT_LOOP=asyncio`` keeps the
@@ -9,6 +9,7 @@ clients uploading 2 MiB at once against a 32 MiB in-flight budget its RSS grew b
 188 MiB instead of 113 (tests/test_security.py bounds it at 4x the budget, 128 MiB):
 uvloop reads more of the uploads it then refuses before the connection closes.
 The in-flight budget is a promise about memory, so the gateway keeps asyncio.run.
+The console (not on the callbacks' path) keeps it too.
 """
 
 from __future__ import annotations

@@ -315,8 +315,8 @@ class Settings:
     )
     event_loop: str = _setting(
         "FLOWSCRIBE_EVENT_LOOP", "uvloop", _choice("uvloop", "asyncio"),
-        "Event loop of the worker and the console: `uvloop` (less CPU per message) or `asyncio`"
-        " (the standard library's). The gateway always runs on the standard library's: it keeps"
+        "Event loop of the worker: `uvloop` (less CPU per message) or `asyncio` (the standard"
+        " library's). The gateway and the console run on the standard library's: the gateway keeps"
         " its memory bound under many large uploads there, not under uvloop.",
     )
     api_key: Secrets = _setting(
