@@ -2,6 +2,7 @@
 
 Phases (each a function below; results go to bench/out/results.json as they come):
 
+- decode: ``decode_payload`` of the same typical payloads as JSON and as XML (CPU time, in turns);
 - gateway: callbacks/s and latency per size; HTTP ceiling (same app, publish a no-op) and broker
   ceiling (same messages straight to RabbitMQ, same concurrency) measured right before and after;
 - worker: drain of a pre-filled queue per size (and typical XML); raw COPY ceiling and naive baseline;
@@ -336,6 +337,34 @@ def _mean_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
 # --- phases -------------------------------------------------------------------------------
 
 
+async def phase_decode(services: Services, cfg: Config, bodies: Bodies, out: Path) -> dict[str, Any]:
+    """``decode_payload`` of the same typical payloads as JSON and as XML, in this process, in turns.
+
+    CPU time (``process_time``) per 100 payloads, the best of each turn's repeats, so that
+    other work on a shared machine counts as little as it can; the ratio is per turn.
+    """
+    from schemas.decoding import decode_payload
+
+    rounds = 3 if cfg.name == "quick" else 7
+    per: dict[str, list[float]] = {"json": [], "xml": []}
+    for _ in range(rounds):
+        for fmt in ("json", "xml"):
+            sample = bodies.rendered["typical", fmt]
+            content_type = payloads.CONTENT_TYPES[fmt]
+            best = float("inf")
+            for _ in range(3):
+                t = time.process_time()
+                for body in sample:
+                    decode_payload(body, content_type)
+                best = min(best, time.process_time() - t)
+            per[fmt].append(1000 * best * 100 / len(sample))
+    ratios = sorted(x / j for j, x in zip(per["json"], per["xml"], strict=True))
+    r = {"json_ms_per_100": per["json"], "xml_ms_per_100": per["xml"], "xml_over_json": ratios[len(ratios) // 2]}
+    say(f"decode typical: JSON {min(per['json']):.0f} ms, XML {min(per['xml']):.0f} ms per 100;"
+        f" XML / JSON = {r['xml_over_json']:.2f}x (median of {rounds} turns)")
+    return r
+
+
 async def phase_gateway(services: Services, cfg: Config, bodies: Bodies, out: Path) -> dict[str, Any]:
     """The gateway as one process and as one per core (FLOWSCRIBE_GATEWAY_PROCESSES), each beside
     the broker ceiling with as many publishing processes; the HTTP ceiling is one process."""
@@ -580,7 +609,7 @@ async def phase_memory(services: Services, cfg: Config, bodies: Bodies, out: Pat
     return results
 
 
-PHASES = {"gateway": phase_gateway, "worker": phase_worker, "scaling": phase_scaling, "e2e": phase_e2e,
+PHASES = {"decode": phase_decode, "gateway": phase_gateway, "worker": phase_worker, "scaling": phase_scaling, "e2e": phase_e2e,
           "backlog": phase_backlog, "memory": phase_memory}
 # Run only when named (--only memory): minutes of 16 MiB callbacks, not part of the full run's report.
 OPT_IN = {"memory"}

@@ -42,12 +42,12 @@ from bench.services import Proc, Services
 WORKER_RULES = [
     ("logging (per-message and per-batch lines)", ("logging/", "logs.py")),
     ("metrics", ("prometheus_client/", "metrics.py")),
-    ("decode: msgspec/lxml + storable checks (decoding.py)", ("decoding.py",)),
-    ("COPY records: child_rows, analysis_row (rows.py)", ("rows.py",)),
-    ("asyncpg: encode records, protocol", ("asyncpg/",)),
-    ("store: locks, reads, decide, record lists (store.py)", ("store.py",)),
+    ("decode: msgspec/lxml + storable checks (schemas/decoding/)", ("decoding/",)),
+    ("COPY records: child_rows, analysis_row (store/rows.py)", ("rows.py",)),
+    ("asyncpg: encode records, protocol (+ store/timestamps.py)", ("asyncpg/", "timestamps.py")),
+    ("store: locks, reads, decide, record lists (store/)", ("store/",)),
     ("aio-pika/aiormq: deliveries, acks", ("aio_pika/", "aiormq/", "pamqp/")),
-    ("consumer: sha256, headers, batching (consumer.py)", ("consumer.py", "hashlib.py")),
+    ("worker: sha256, headers, batching (worker/, schemas/message.py)", ("worker/", "message.py", "hashlib.py")),
 ]
 GATEWAY_RULES = [
     ("logging: access log + 'callback accepted'", ("logging/", "logs.py", "server.py", "redaction.py")),

@@ -136,11 +136,11 @@ def free_port() -> int:
 class Proc:
     """A child process of the bench: its log file, its CPU and peak RSS, a clean stop."""
 
-    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_dir: Path) -> None:
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_dir: Path, cwd: Path = ROOT) -> None:
         self.name = name
         self.log_path = log_dir / f"{name}.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.popen = subprocess.Popen(argv, env=env, stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT)
+        self.popen = subprocess.Popen(argv, env=env, stdout=self._log, stderr=subprocess.STDOUT, cwd=cwd)
         self.pid = self.popen.pid
         self.ps = psutil.Process(self.pid)
         self.rusage: resource.struct_rusage | None = None
@@ -387,14 +387,13 @@ def product_digest() -> str:
 
 
 def event_loop() -> str:
-    """The loop the product's processes run on (its CLI picks uvloop where installed, if it does)."""
+    """The loop the worker runs on here (``FLOWSCRIBE_EVENT_LOOP``, runtime/event_loop.py); the gateway's is asyncio."""
     import importlib.metadata as md
 
-    from flowscribe_ingest import cli
+    from runtime.settings import Settings
 
-    if hasattr(cli, "run_event_loop"):
-        with contextlib.suppress(md.PackageNotFoundError):
-            return f"uvloop {md.version('uvloop')} (the product's choice when installed)"
+    if Settings.from_env().event_loop == "uvloop":
+        return f"worker uvloop {md.version('uvloop')}, gateway asyncio (stdlib)"
     return "asyncio (stdlib)"
 
 

@@ -14,7 +14,7 @@ import secrets
 import sys
 from collections.abc import Callable
 
-from runtime import logs
+from runtime import event_loop, logs
 from runtime.settings import Settings
 
 log = logging.getLogger("flowscribe_ingest")
@@ -72,6 +72,7 @@ def gateway(settings: Settings) -> int:
     from runtime.serving import listening_socket
 
     check_startable(settings)
+    # The stdlib loop, whatever FLOWSCRIBE_EVENT_LOOP says: see runtime/event_loop.py.
     asyncio.run(serve(settings, listening_socket(settings.gateway_host, settings.gateway_port)))
     return 0
 
@@ -88,7 +89,7 @@ def worker(settings: Settings) -> int:
         with stop_on_signals(stop), collecting_less_often():
             await run_worker(settings, stop)
 
-    asyncio.run(work())
+    event_loop.run(work(), settings.event_loop)
     return 0
 
 

@@ -149,7 +149,7 @@ def _child(serve: Callable[..., Coroutine[Any, Any, None]], settings: Settings, 
         for sig in _STOP_SIGNALS:
             signal.signal(sig, signal.SIG_DFL)  # until the event loop installs its own
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
-        asyncio.run(serve(settings, sock))
+        asyncio.run(serve(settings, sock))  # the stdlib loop: see runtime/event_loop.py
         return 0
     except BaseException:
         log.exception("gateway process failed", extra={"index": index})

@@ -334,6 +334,12 @@ class Settings:
         " `https://jaeger.example.com/trace/{trace_id}`); the console links each callback's page to its"
         " trace. Empty: no link. (Traces themselves are configured by the `OTEL_*` variables: see \"Traces\".)",
     )
+    event_loop: str = _setting(
+        "FLOWSCRIBE_EVENT_LOOP", "uvloop", _choice("uvloop", "asyncio"),
+        "Event loop of the worker: `uvloop` (less CPU per message) or `asyncio` (the standard"
+        " library's). The gateway and the console run on the standard library's: the gateway keeps"
+        " its memory bound under many large uploads there, not under uvloop.",
+    )
     api_key: Secrets = _setting(
         "FLOWSCRIBE_API_KEY", Secrets(), _secret,
         "Flowscribe API key, sent by `flowscribe-ingest register` in the header named by"
