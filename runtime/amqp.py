@@ -26,6 +26,7 @@ import asyncio
 import logging
 import random
 import socket
+import time
 import urllib.parse
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Generic, TypeVar
@@ -174,6 +175,9 @@ class BrokerSession(Generic[Declared]):
         self._task: asyncio.Task[None] | None = None
         self._connection: AbstractConnection | None = None
         self.connects = 0  # how many times a session was established (tests, metrics)
+        # When the session last stopped being usable (monotonic; None while it is): how long
+        # a publisher has been without a broker, e.g. for a readiness answer.
+        self._down_since: float | None = time.monotonic()
         self.url: str | None = None  # of the node connected to (tests; shown only redacted)
 
     @property
@@ -183,6 +187,12 @@ class BrokerSession(Generic[Declared]):
             and self._channel is not None
             and not self._channel.is_closed
         )
+
+    def down_for(self) -> float:
+        """Seconds since the session was last usable (since it began, if never); 0 while it is."""
+        if self.ready or self._down_since is None:
+            return 0.0
+        return time.monotonic() - self._down_since
 
     def usable(self) -> tuple[AbstractChannel, Declared]:
         """The current channel and topology, or BrokerUnavailable."""
@@ -233,6 +243,7 @@ class BrokerSession(Generic[Declared]):
                 self._channel, self._topology = channel, topology
                 self.url = url
                 self._ready.set()
+                self._down_since = None
                 self.connects += 1
                 backoff, refused_in_a_row = 0.2, 0
                 log.info("broker connected", extra={"url": redact_url(url)})
@@ -258,6 +269,8 @@ class BrokerSession(Generic[Declared]):
             await asyncio.sleep(pause)
 
     async def _teardown(self) -> None:
+        if self._down_since is None:
+            self._down_since = time.monotonic()
         self._ready.clear()
         self._channel, self._topology, self.url = None, None, None
         connection, self._connection = self._connection, None
