@@ -150,7 +150,8 @@ class TestBrokerDown:
         proxy = TcpProxy("127.0.0.1", 5672)
         await proxy.open()
         await proxy.close()  # a port that refuses connections: the broker is "down"
-        server = TestServer(create_app(_with(settings, amqp_url=proxy.url(settings.amqp_url), publish_hold_seconds=0.5)))
+        running = _with(settings, amqp_url=proxy.url(settings.amqp_url), publish_hold_seconds=0.5)
+        server = TestServer(create_app(running))
         await server.start_server()
         try:
             async with http.post(url(server), data=JSON_SAMPLE, headers={"Content-Type": "application/json"}) as r:

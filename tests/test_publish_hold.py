@@ -91,7 +91,7 @@ class TestRideThrough:
             "publishes held: the broker did not confirm; publishing again until it does",
             "publishes held: episode over",
         ]
-        assert (lines[1].held, lines[1].confirmed, lines[1].expired) == (20, 20, 0)  # type: ignore[attr-defined]
+        assert (lines[1].held, lines[1].confirmed, lines[1].expired) == (20, 20, 0)
 
     async def test_broker_away_longer_than_the_hold_is_503_then_202_within_a_second(self, settings, http, link):
         async with gateway_behind(link, settings, publish_hold_seconds=1.0) as server:
