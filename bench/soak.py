@@ -25,11 +25,13 @@ import contextlib
 import functools
 import json
 import random
+import signal
 import sys
 import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -134,8 +136,9 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
         done = asyncio.Event()
         began = time.monotonic()
         async with aiohttp.ClientSession() as http:
+            enough = int(rate * args.minutes * 60 * 2) + 1000  # the load ends by time, not by count
             sending = asyncio.create_task(send_callbacks(
-                http, urls, 10**9, concurrency=32, rate=rate, request_timeout=100.0, retry_for=120.0,
+                http, urls, enough, concurrency=32, rate=rate, request_timeout=100.0, retry_for=120.0,
                 history=history, until=done, seed=random.randrange(2**32)))
             killer = threading.Thread(target=killing, args=(cluster, args.kill_every, args.down, stop, kills,
                                                             random.Random()), daemon=True)
@@ -181,6 +184,16 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
         await services.close()
 
 
+async def until_signalled(work: Coroutine[Any, Any, dict[str, Any]]) -> dict[str, Any]:
+    """Run ``work``; SIGTERM or SIGINT cancels it, so that its clean-up (processes, cluster,
+    database) still runs."""
+    task = asyncio.ensure_future(work)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, task.cancel)
+    return await task
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.soak", description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=20.0, help="how long the load runs (default 20)")
@@ -190,7 +203,7 @@ def main() -> int:
     parser.add_argument("--measure", type=float, default=10.0, help="seconds of the capacity measurement")
     parser.add_argument("--out", default=str(OUT / "soak"), help="logs and soak.json (default bench/out/soak)")
     args = parser.parse_args()
-    report = asyncio.run(soak(args))
+    report = asyncio.run(until_signalled(soak(args)))
     text = json.dumps(report, indent=2)
     print(text)
     (Path(args.out) / "soak.json").write_text(text + "\n")
