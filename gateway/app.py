@@ -147,8 +147,8 @@ async def _broker_session(app: web.Application) -> AsyncIterator[None]:
     # take callbacks again within a second of the broker's return.
     async with BrokerSession(settings.amqp_url, "gateway", declare=topology.declare, max_backoff=0.5) as broker:
         app[BROKER] = broker
-        # Serve as soon as the broker is there, but do not wait for it forever:
-        # until it is, callbacks get 503 and /readyz says so.
+        # Serve as soon as the broker is there, but do not wait for it forever: until it
+        # is, callbacks are held (gateway.publish_hold) and /readyz says not ready.
         with contextlib.suppress(TimeoutError):
             await broker.wait_ready(settings.publish_timeout)
         yield
