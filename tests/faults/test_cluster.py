@@ -199,7 +199,26 @@ def _busiest(cluster: PrivateRabbitMQCluster) -> tuple[PrivateRabbitMQ, dict[str
 
 
 class TestRabbitMQCluster:
-    """In this order: the faults the cluster heals by itself first, the last kill needs no restore."""
+    """In this order: the worst kill on the fresh cluster, then the faults the cluster heals by
+    itself, then the kills; the last kill needs no restore."""
+
+    async def test_kill_9_the_node_of_both_gateway_and_leader(self, settings, http, db, cluster, cluster_channel):
+        """First, on the fresh cluster: the worst case measured outside, the gateway's connection and
+        the queue's leader gone at once. (Run after the other kills, whose nodes were restarted, the
+        queue was twice left without a leader for minutes on this machine: see the closing note.)"""
+        def fault(stack: Stack) -> dict:
+            victim = _gateway_node(cluster, stack)
+            cluster.move_leader(topology.CALLBACK_QUEUE, victim.nodename)
+            time.sleep(LEADER_SETTLE)
+            victim.kill()
+            return {"killed": "the node of the gateway and the leader"}
+
+        try:
+            await _run_broker_fault(settings, http, db, cluster, cluster_channel, fault,
+                                    "cluster: kill -9 the node of both the gateway and the queue's leader",
+                                    seconds=4.0)
+        finally:
+            await asyncio.to_thread(_restore, cluster)
 
     async def test_one_node_partitioned_then_healed(self, settings, http, db, cluster, cluster_channel):
         cut_for = 6.0
@@ -247,7 +266,8 @@ class TestRabbitMQCluster:
             await asyncio.to_thread(_restore, cluster)
 
     async def test_kill_9_the_gateways_node(self, settings, http, db, cluster, cluster_channel):
-        """The node a gateway publishes through dies; the queue's leader is elsewhere."""
+        """Last: the dead node stays dead (the module's cluster is thrown away next). The node a
+        gateway publishes through dies; the queue's leader is elsewhere."""
         def fault(stack: Stack) -> dict:
             victim = _gateway_node(cluster, stack)
             other = next(node for node in cluster.nodes if node is not victim)
@@ -256,25 +276,8 @@ class TestRabbitMQCluster:
             victim.kill()
             return {"killed": "the gateway's node, not the leader's"}
 
-        try:
-            await _run_broker_fault(settings, http, db, cluster, cluster_channel, fault,
-                                    "cluster: kill -9 the gateway's node", seconds=4.0)
-        finally:
-            await asyncio.to_thread(_restore, cluster)
-
-    async def test_kill_9_the_node_of_both_gateway_and_leader(self, settings, http, db, cluster, cluster_channel):
-        """Last: the dead node stays dead (the module's cluster is thrown away next). The worst
-        case measured outside: the gateway's connection and the queue's leader gone at once."""
-        def fault(stack: Stack) -> dict:
-            victim = _gateway_node(cluster, stack)
-            cluster.move_leader(topology.CALLBACK_QUEUE, victim.nodename)
-            time.sleep(LEADER_SETTLE)
-            victim.kill()
-            return {"killed": "the node of the gateway and the leader"}
-
         await _run_broker_fault(settings, http, db, cluster, cluster_channel, fault,
-                                "cluster: kill -9 the node of both the gateway and the queue's leader", seconds=4.0)
-
+                                "cluster: kill -9 the gateway's node", seconds=4.0)
 
 def _restore(cluster: PrivateRabbitMQCluster) -> None:
     for node in cluster.nodes:
