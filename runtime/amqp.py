@@ -158,6 +158,7 @@ class BrokerSession(Generic[Declared]):
         prefetch: int | None = None,
         on_ready: OnReady[Declared] | None = None,
         connect_timeout: float = 5.0,
+        setup_timeout: float = 15.0,
         max_backoff: float = 2.0,
         rng: random.Random | None = None,
     ) -> None:
@@ -168,6 +169,7 @@ class BrokerSession(Generic[Declared]):
         self._declare = declare
         self._on_ready = on_ready
         self._connect_timeout = connect_timeout
+        self._setup_timeout = setup_timeout
         self._max_backoff = max_backoff
         self._channel: AbstractChannel | None = None
         self._topology: Declared | None = None
@@ -229,17 +231,22 @@ class BrokerSession(Generic[Declared]):
             lost: asyncio.Future[BaseException | None] = asyncio.get_running_loop().create_future()
             on_close = _close_listener(lost)
             try:
-                self._connection = await _connect(url, self._connect_timeout)
-                self._connection.close_callbacks.add(on_close)
-                channel = await self._connection.channel(
-                    publisher_confirms=True, on_return_raises=True
-                )
-                channel.close_callbacks.add(on_close)
-                if self._prefetch is not None:
-                    await channel.set_qos(prefetch_count=self._prefetch)
-                topology = await self._declare(channel)
-                if self._on_ready is not None:
-                    await self._on_ready(channel, topology)
+                # The whole set-up within a deadline, not only the connect: a node whose
+                # queue has just lost its leader can leave a declare unanswered for minutes
+                # (seen in the cluster suite), and every publish held for this session would
+                # wait that long, where the next node answers at once.
+                async with asyncio.timeout(self._setup_timeout):
+                    self._connection = await _connect(url, self._connect_timeout)
+                    self._connection.close_callbacks.add(on_close)
+                    channel = await self._connection.channel(
+                        publisher_confirms=True, on_return_raises=True
+                    )
+                    channel.close_callbacks.add(on_close)
+                    if self._prefetch is not None:
+                        await channel.set_qos(prefetch_count=self._prefetch)
+                    topology = await self._declare(channel)
+                    if self._on_ready is not None:
+                        await self._on_ready(channel, topology)
                 self._channel, self._topology = channel, topology
                 self.url = url
                 self._ready.set()
