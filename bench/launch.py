@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import uuid
 
 
 def _gateway_publishing_nothing() -> int:
@@ -26,8 +25,8 @@ def _gateway_publishing_nothing() -> int:
     from runtime.serving import listening_socket
     from runtime.settings import Settings
 
-    async def publish_nothing(broker: object, body: bytes, content_type: str, timeout: float) -> str:
-        return str(uuid.uuid4())
+    async def publish_nothing(broker: object, message: object, timeout: float) -> None:
+        return None
 
     settings = Settings.from_env()
     logs.configure("gateway", settings.log_format, settings.log_level)

@@ -7,5 +7,5 @@ SETTINGS_READ = (
     "gateway_host", "gateway_port", "gateway_processes",
     "allowed_networks", "trusted_proxies", "rate_limit", "rate_burst",
     "max_body_bytes", "max_inflight_bytes", "body_read_timeout", "header_read_timeout",
-    "amqp_url", "publish_timeout", "retry_after", "shutdown_timeout", "log_format", "log_level",
+    "amqp_url", "publish_timeout", "publish_hold_seconds", "retry_after", "shutdown_timeout", "log_format", "log_level",
 )

@@ -31,7 +31,8 @@ from gateway.body import BodyIncomplete, BodyTimeout, BodyTooLarge, CorruptBody,
 from gateway.coding import UnsupportedCoding, body_coding, check_transfer_coding
 from gateway.limits import InflightBudget, OverBudget, RateLimiter, retry_after
 from gateway.metrics import GatewayMetrics
-from gateway.publisher import Publish, PublishFailed, publish_callback
+from gateway.publish_hold import PublishHold
+from gateway.publisher import Publish, PublishFailed, new_callback_message, publish_message
 from gateway.redaction import redact_path
 from gateway.routes import CALLBACK_PATH, OPENAPI_PATH
 from gateway.signatures import SignatureError, SignatureVerifier
@@ -52,7 +53,7 @@ BUDGET = web.AppKey("inflight_budget", InflightBudget)
 RATE_LIMITER = web.AppKey("rate_limiter", RateLimiter)  # absent: no rate limit
 SIGNATURES = web.AppKey("signatures", SignatureVerifier)  # absent: signatures not required
 METRICS = web.AppKey("metrics", GatewayMetrics)
-PUBLISH: web.AppKey[Publish] = web.AppKey("publish")
+HOLD = web.AppKey("publish_hold", PublishHold)
 # Set on a request once its callback is confirmed, for the access log line.
 MESSAGE_ID = web.RequestKey("message_id", str)
 CONTENT_TYPE = web.RequestKey("content_type", str)
@@ -79,9 +80,9 @@ BODY_HANDLING = {"auto_decompress": False, "lingering_time": 0}
 DISCARD_BYTES = 512 * 1024
 DISCARD_SECONDS = 1.0
 
-def create_app(settings: Settings, *, publish: Publish = publish_callback) -> web.Application:
-    """The gateway's application; ``publish`` puts an accepted body on the broker (the bench
-    passes one that publishes nothing, to measure the HTTP side alone)."""
+def create_app(settings: Settings, *, publish: Publish = publish_message) -> web.Application:
+    """The gateway's application; ``publish`` puts an accepted callback on the broker, once (the
+    bench passes one that publishes nothing, to measure the HTTP side alone)."""
     metrics = GatewayMetrics()
     # client_max_size is a backstop for any future request.read(); the
     # callback handler counts bytes itself as they arrive (gateway.body).
@@ -96,7 +97,9 @@ def create_app(settings: Settings, *, publish: Publish = publish_callback) -> we
     )
     app[SETTINGS] = settings
     app[METRICS] = metrics
-    app[PUBLISH] = publish
+    app[HOLD] = hold = PublishHold(
+        publish, hold_seconds=settings.publish_hold_seconds, attempt_timeout=settings.publish_timeout, metrics=metrics,
+    )
     app[SOURCES] = SourcePolicy(settings.allowed_networks, settings.trusted_proxies)
     app[BUDGET] = InflightBudget(settings.max_inflight_bytes)
     if settings.rate_limit > 0:
@@ -104,17 +107,32 @@ def create_app(settings: Settings, *, publish: Publish = publish_callback) -> we
     if settings.signing_secrets:
         app[SIGNATURES] = SignatureVerifier(settings.signing_secrets, settings.signature_tolerance)
     app.cleanup_ctx.append(_broker_session)
+
+    async def stop_holding(app: web.Application) -> None:
+        # Called as the server stops listening, before it waits for the requests in hand.
+        hold.stop_within(settings.shutdown_timeout)
+
+    app.on_shutdown.append(stop_holding)
     # The handler says `100 Continue` itself, once the checks that need no body have passed.
     app.router.add_post(CALLBACK_PATH + "/{token}", receive_callback, expect_handler=_continue_later)
     # No token at all gets the same answer as a wrong one.
     app.router.add_post(CALLBACK_PATH, _unauthorized, expect_handler=_continue_later)
     app.router.add_post(CALLBACK_PATH + "/", _unauthorized, expect_handler=_continue_later)
 
-    async def broker_not_ready() -> str | None:
+    async def not_ready() -> str | None:
+        # Ready means: a callback sent here now is likely to get its 202. So not while stopping;
+        # not before the broker was ever reached; not once it has been out of reach for longer
+        # than the hold (what arrives now would expire into a 503: a load balancer had better
+        # send it to a gateway that has a broker). Within the hold, ready: the outage is most
+        # likely the cluster's, which every gateway sees alike, and holding is the answer to it.
         broker = app.get(BROKER)
-        return None if broker is not None and broker.ready else "broker not connected"
+        if hold.stopping:
+            return "stopping"
+        if broker is None or broker.connects == 0 or broker.down_for() > hold.hold_seconds:
+            return "broker not connected"
+        return None
 
-    add_probes(app, metrics.registry, broker_not_ready, retry_after=settings.retry_after)
+    add_probes(app, metrics.registry, not_ready, retry_after=settings.retry_after)
     openapi = OPENAPI_FILE.read_bytes()  # read once: it is part of the code
 
     async def openapi_document(request: web.Request) -> web.Response:
@@ -129,10 +147,12 @@ def create_app(settings: Settings, *, publish: Publish = publish_callback) -> we
 
 async def _broker_session(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    async with BrokerSession(settings.amqp_url, "gateway", declare=topology.declare) as broker:
+    # A short backoff: publishes are held waiting for this session, and the gateway should
+    # take callbacks again within a second of the broker's return.
+    async with BrokerSession(settings.amqp_url, "gateway", declare=topology.declare, max_backoff=0.5) as broker:
         app[BROKER] = broker
-        # Serve as soon as the broker is there, but do not wait for it forever:
-        # until it is, callbacks get 503 and /readyz says so.
+        # Serve as soon as the broker is there, but do not wait for it forever: until it
+        # is, callbacks are held (gateway.publish_hold) and /readyz says not ready.
         with contextlib.suppress(TimeoutError):
             await broker.wait_ready(settings.publish_timeout)
         yield
@@ -304,12 +324,16 @@ async def receive_callback(request: web.Request) -> web.Response:
         content_type = request.content_type
         if request.charset:
             content_type = f"{content_type}; charset={request.charset}"
+        message = new_callback_message(body, content_type)
         try:
+            # Held (the body still counted in the budget) while the broker does not confirm;
+            # gateway.publish_hold logs that, once per episode rather than once per callback.
             with app[METRICS].publishing():
-                message_id = await app[PUBLISH](app[BROKER], body, content_type, settings.publish_timeout)
-        except PublishFailed as e:
-            log.warning("callback not accepted: broker did not confirm", extra={"reason": str(e), "bytes": len(body)})
+                await app[HOLD].publish(app[BROKER], message)
+        except PublishFailed:
             return _unavailable(settings, "the callback could not be stored; retry later")
+        assert message.message_id is not None
+        message_id = message.message_id
     # Logged once, by the access log ("callback accepted", with timing): one line per callback.
     request[MESSAGE_ID] = message_id
     request[CONTENT_TYPE] = content_type

@@ -1,4 +1,4 @@
-"""What the gateway counts: callback answers by status, publish latency."""
+"""What the gateway counts: callback answers by status, publish latency, publishes held."""
 
 from __future__ import annotations
 
@@ -8,9 +8,12 @@ from collections.abc import Iterator
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from runtime.metrics import LATENCY_BUCKETS, PREFIX, new_registry
+
+# How long a held publish waited for its outcome: up to the longest hold one would set.
+HOLD_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 45.0, 60.0, 90.0)
 
 
 class GatewayMetrics:
@@ -29,6 +32,19 @@ class GatewayMetrics:
         )
         for result in ("confirmed", "failed"):
             self.publish_seconds.labels(result)
+        # gateway.publish_hold: publishes the broker did not confirm at first, held and tried again.
+        self.publishes_held = Gauge(
+            PREFIX + "publishes_held", "Callback publishes being held now, waiting to be published again.",
+            registry=self.registry,
+        )
+        self.publish_hold_seconds = Histogram(
+            PREFIX + "publish_hold_seconds",
+            "How long a held publish was held, by how it ended: confirmed (202), or expired (503)."
+            " Its _count is the number of held publishes; _count{result=\"expired\"} the refusals they became.",
+            ["result"], buckets=HOLD_BUCKETS, registry=self.registry,
+        )
+        for result in ("confirmed", "expired"):
+            self.publish_hold_seconds.labels(result)
 
     def count_responses(self, path_prefix: str) -> Middleware:
         """Middleware counting every answer to a request under ``path_prefix``, by status only."""

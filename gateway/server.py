@@ -12,7 +12,7 @@ from aiohttp.abc import AbstractAccessLogger
 
 from gateway.app import CONTENT_TYPE, MESSAGE_ID, create_app
 from gateway.protocol_errors import ServerLog
-from gateway.publisher import Publish, publish_callback
+from gateway.publisher import Publish, publish_message
 from gateway.redaction import redact_path, redacted_logs
 from gateway.routes import HEALTH_PATH, METRICS_PATH, READY_PATH
 from runtime.lifecycle import stop_on_signals
@@ -87,7 +87,7 @@ def warn_about_settings(settings: Settings) -> None:
 
 
 async def serve(
-    settings: Settings, sock: socket.socket, stop: asyncio.Event | None = None, *, publish: Publish = publish_callback
+    settings: Settings, sock: socket.socket, stop: asyncio.Event | None = None, *, publish: Publish = publish_message
 ) -> None:
     """Serve on ``sock`` (``listening_socket(FLOWSCRIBE_GATEWAY_HOST, _PORT)``, or one
     of gateway.processes' sockets) until ``stop`` is set (by default: until

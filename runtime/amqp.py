@@ -26,6 +26,7 @@ import asyncio
 import logging
 import random
 import socket
+import time
 import urllib.parse
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Generic, TypeVar
@@ -157,6 +158,7 @@ class BrokerSession(Generic[Declared]):
         prefetch: int | None = None,
         on_ready: OnReady[Declared] | None = None,
         connect_timeout: float = 5.0,
+        setup_timeout: float = 15.0,
         max_backoff: float = 2.0,
         rng: random.Random | None = None,
     ) -> None:
@@ -167,6 +169,7 @@ class BrokerSession(Generic[Declared]):
         self._declare = declare
         self._on_ready = on_ready
         self._connect_timeout = connect_timeout
+        self._setup_timeout = setup_timeout
         self._max_backoff = max_backoff
         self._channel: AbstractChannel | None = None
         self._topology: Declared | None = None
@@ -174,6 +177,9 @@ class BrokerSession(Generic[Declared]):
         self._task: asyncio.Task[None] | None = None
         self._connection: AbstractConnection | None = None
         self.connects = 0  # how many times a session was established (tests, metrics)
+        # When the session last stopped being usable (monotonic; None while it is): how long
+        # a publisher has been without a broker, e.g. for a readiness answer.
+        self._down_since: float | None = time.monotonic()
         self.url: str | None = None  # of the node connected to (tests; shown only redacted)
 
     @property
@@ -183,6 +189,12 @@ class BrokerSession(Generic[Declared]):
             and self._channel is not None
             and not self._channel.is_closed
         )
+
+    def down_for(self) -> float:
+        """Seconds since the session was last usable (since it began, if never); 0 while it is."""
+        if self.ready or self._down_since is None:
+            return 0.0
+        return time.monotonic() - self._down_since
 
     def usable(self) -> tuple[AbstractChannel, Declared]:
         """The current channel and topology, or BrokerUnavailable."""
@@ -219,20 +231,26 @@ class BrokerSession(Generic[Declared]):
             lost: asyncio.Future[BaseException | None] = asyncio.get_running_loop().create_future()
             on_close = _close_listener(lost)
             try:
-                self._connection = await _connect(url, self._connect_timeout)
-                self._connection.close_callbacks.add(on_close)
-                channel = await self._connection.channel(
-                    publisher_confirms=True, on_return_raises=True
-                )
-                channel.close_callbacks.add(on_close)
-                if self._prefetch is not None:
-                    await channel.set_qos(prefetch_count=self._prefetch)
-                topology = await self._declare(channel)
-                if self._on_ready is not None:
-                    await self._on_ready(channel, topology)
+                # The whole set-up within a deadline, not only the connect: a node whose
+                # queue has just lost its leader can leave a declare unanswered for minutes
+                # (seen in the cluster suite), and every publish held for this session would
+                # wait that long, where the next node answers at once.
+                async with asyncio.timeout(self._setup_timeout):
+                    self._connection = await _connect(url, self._connect_timeout)
+                    self._connection.close_callbacks.add(on_close)
+                    channel = await self._connection.channel(
+                        publisher_confirms=True, on_return_raises=True
+                    )
+                    channel.close_callbacks.add(on_close)
+                    if self._prefetch is not None:
+                        await channel.set_qos(prefetch_count=self._prefetch)
+                    topology = await self._declare(channel)
+                    if self._on_ready is not None:
+                        await self._on_ready(channel, topology)
                 self._channel, self._topology = channel, topology
                 self.url = url
                 self._ready.set()
+                self._down_since = None
                 self.connects += 1
                 backoff, refused_in_a_row = 0.2, 0
                 log.info("broker connected", extra={"url": redact_url(url)})
@@ -258,6 +276,8 @@ class BrokerSession(Generic[Declared]):
             await asyncio.sleep(pause)
 
     async def _teardown(self) -> None:
+        if self._down_since is None:
+            self._down_since = time.monotonic()
         self._ready.clear()
         self._channel, self._topology, self.url = None, None, None
         connection, self._connection = self._connection, None

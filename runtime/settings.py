@@ -214,7 +214,15 @@ class Settings:
     )
     publish_timeout: float = _setting(
         "FLOWSCRIBE_PUBLISH_TIMEOUT", 5.0, _positive_float,
-        "Seconds the gateway waits for the broker's confirm before answering 503.",
+        "Seconds the gateway waits for one publish's confirm before it counts as failed (then it is"
+        " held and published again, see `FLOWSCRIBE_GATEWAY_PUBLISH_HOLD_SECONDS`).",
+    )
+    publish_hold_seconds: float = _setting(
+        "FLOWSCRIBE_GATEWAY_PUBLISH_HOLD_SECONDS", 45.0, _non_negative_float,
+        "Seconds the gateway holds a callback the broker did not confirm (connection lost, a node"
+        " restarting, a queue electing its leader), publishing it again until confirmed; only then"
+        " 503 with `Retry-After`. Covers the failovers measured (up to 30 s) with room, and with"
+        " `FLOWSCRIBE_BODY_READ_TIMEOUT` stays inside a sender's 100 s HTTP timeout. 0: no hold.",
     )
     retry_after: int = _setting(
         "FLOWSCRIBE_RETRY_AFTER", 5, _positive_int,

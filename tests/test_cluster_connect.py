@@ -121,6 +121,22 @@ class TestBrokerFailover:
         with pytest.raises(OSError):
             await connect_any(f"{DEAD},{DEAD}", "test", timeout=5)
 
+    async def test_a_set_up_that_hangs_is_given_up_for_the_next_attempt(self, amqp_url):
+        """A declare left unanswered (as on a node whose queue just lost its leader) does not
+        keep the session from the broker: the set-up has a deadline, and the next attempt works."""
+        attempts = 0
+
+        async def declare(channel):
+            nonlocal attempts
+            attempts += 1
+            if attempts == 1:
+                await asyncio.Event().wait()  # never answered
+            return await topology.declare(channel)
+
+        async with BrokerSession(amqp_url, "test", declare=declare, setup_timeout=1.0) as session:
+            await session.wait_ready(10)
+        assert attempts == 2
+
     async def test_a_session_closed_while_it_connects_closes_at_once(self, amqp_url):
         # Closed at every moment of its first 30 ms (connecting, opening the channel, declaring):
         # a cancellation lost in aio-pika's connect, or a close of a half-opened connection,

@@ -175,6 +175,7 @@ class TestKubernetesManifests:
     KINDS: ClassVar[dict[str, str]] = {
         "Deployment": "apps/v1", "Service": "v1", "Job": "batch/v1", "CronJob": "batch/v1", "ConfigMap": "v1",
         "ScaledObject": "keda.sh/v1alpha1", "TriggerAuthentication": "keda.sh/v1alpha1",
+        "PodDisruptionBudget": "policy/v1",
         "Kustomization": "kustomize.config.k8s.io/v1beta1",
     }
 
@@ -247,6 +248,24 @@ class TestKubernetesManifests:
         assert service["spec"]["selector"].items() <= gateway["metadata"]["labels"].items()
         for port in service["spec"]["ports"]:
             assert port_number(gateway["spec"]["containers"][0], port["targetPort"]) == Settings().gateway_port
+
+    def test_gateways_drain_without_refusing(self):
+        """A pause before the drain (endpoints updated first), room for the drain itself, and
+        never both gateways disrupted at once (README, "Deploying", says why each is there)."""
+        deployment = of_kind("Deployment")["flowscribe-gateway"]
+        spec = deployment["spec"]["template"]["spec"]
+        (container,) = spec["containers"]
+        settings = container_settings(container)
+        command = container["lifecycle"]["preStop"]["exec"]["command"]
+        assert command[0] == "sleep" and int(command[1]) >= 5
+        assert spec["terminationGracePeriodSeconds"] > int(command[1]) + settings.shutdown_timeout
+        (budget,) = of_kind("PodDisruptionBudget").values()
+        assert budget["spec"]["selector"]["matchLabels"].items() <= deployment["spec"]["template"]["metadata"][
+            "labels"].items()
+        assert 1 <= budget["spec"]["minAvailable"] < deployment["spec"]["replicas"]
+        readme = (ROOT / "README.md").read_text().split("## Deploying", 1)[1].split("\n### ", 1)[0]
+        for needed in ("preStop", "terminationGracePeriodSeconds", "PodDisruptionBudget", "/readyz"):
+            assert needed in readme, needed
 
     def test_the_console_is_internal_and_single(self):
         """The console's Service never leaves the cluster, and one replica holds the previews and jobs."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +95,28 @@ class TestClusterOverlay:
                     assert order.index("RABBITMQ_PASSWORD") < order.index("FLOWSCRIBE_AMQP_URL"), name
             assert container["env"], name
         assert seen == operator_secrets
+
+    def test_keda_reads_the_cluster_not_one_node(self):
+        """Scaling must go on when any one node dies: the management API through the cluster's
+        Service, with the operator's credentials; never the one-node `amqp-url`."""
+        rabbitmq = documents()["rabbitmq-cluster.yaml"]["metadata"]["name"]
+        scaler = documents()["keda-scaler.yaml"]
+        assert (scaler["kind"], scaler["metadata"]["name"]) == ("ScaledObject", "flowscribe-worker")
+        assert scaler["metadata"]["name"] in of_kind("ScaledObject")
+        (trigger,) = scaler["spec"]["triggers"]
+        (base_trigger,) = of_kind("ScaledObject")["flowscribe-worker"]["spec"]["triggers"]
+        metadata = trigger["metadata"]
+        assert metadata["protocol"] == "http"
+        host = urllib.parse.urlsplit(metadata["host"])
+        assert host.hostname == rabbitmq and host.port == 15672, "the cluster's Service, not a node's pod"
+        assert not host.username and not host.password
+        for key in ("queueName", "mode", "value"):
+            assert metadata[key] == base_trigger["metadata"][key], key
+        auth = documents()["keda-auth.yaml"]
+        assert auth["metadata"]["name"] == trigger["authenticationRef"]["name"]
+        refs = {(r["parameter"], r["name"], r["key"]) for r in auth["spec"]["secretTargetRef"]}
+        assert refs == {("username", f"{rabbitmq}-default-user", "username"),
+                        ("password", f"{rabbitmq}-default-user", "password")}
 
     def test_the_readme_explains_it(self):
         section = README.split("## Running on a cluster", 1)[1].split("\n## ", 1)[0]

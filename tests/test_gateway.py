@@ -120,17 +120,21 @@ class TestPublishing:
         received = datetime.datetime.fromisoformat(headers[topology.HEADER_RECEIVED_AT])
         assert before <= received <= datetime.datetime.now(datetime.UTC)
 
-    async def test_broker_refusing_the_message_is_503(self, gateway, http, broker, amqp_url):
+    async def test_broker_refusing_the_message_is_503(self, settings, http, broker, amqp_url):
+        """Nacked for longer than the hold: 503 (the hold is tested in tests/test_publish_hold.py)."""
         # A length limit of 0 on the queue, with its reject-publish overflow: the broker nacks.
         vhost = amqp_url.rsplit("/", 1)[1]
         subprocess.run(["rabbitmqctl", "-q", "set_policy", "-p", vhost, "full", "^flowscribe\\.callbacks$",
                         '{"max-length": 0}', "--apply-to", "queues"], check=True, capture_output=True)
+        gateway = TestServer(create_app(_with(settings, publish_hold_seconds=0.5)))
+        await gateway.start_server()
         try:
             async def refused():
                 async with http.post(url(gateway), data=JSON_SAMPLE, headers={"Content-Type": "application/json"}) as r:
                     return r.status == 503 and r.headers["Retry-After"] == "5"
             await eventually(refused, what="the broker's nack to become a 503")
         finally:
+            await gateway.close()
             subprocess.run(["rabbitmqctl", "-q", "clear_policy", "-p", vhost, "full"], check=True, capture_output=True)
             # A quorum queue that went over its limit keeps refusing the publishers it knew
             # then (the tests' shared channel among them) until a message leaves it, even with
@@ -140,13 +144,14 @@ class TestPublishing:
 
 
 class TestBrokerDown:
-    """No broker, no 2xx: a 503 with Retry-After, and 202 again once it is back."""
+    """No broker for longer than the hold, no 2xx: a 503 with Retry-After, and 202 again once it is back."""
 
     async def test_503_while_down_then_202_when_back(self, settings, http, broker):
         proxy = TcpProxy("127.0.0.1", 5672)
         await proxy.open()
         await proxy.close()  # a port that refuses connections: the broker is "down"
-        server = TestServer(create_app(_with(settings, amqp_url=proxy.url(settings.amqp_url))))
+        running = _with(settings, amqp_url=proxy.url(settings.amqp_url), publish_hold_seconds=0.5)
+        server = TestServer(create_app(running))
         await server.start_server()
         try:
             async with http.post(url(server), data=JSON_SAMPLE, headers={"Content-Type": "application/json"}) as r:

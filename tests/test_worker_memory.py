@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
 import uuid
 
 import pytest
 
+from schemas import topology
 from tests.support import JSON_SAMPLE, eventually
 from tests.test_pipeline import T0, publish_as_gateway
 from tests.test_worker import _count_is, queue_depth
@@ -18,6 +20,12 @@ from worker import consumer
 from worker.budget import BodyBudget
 
 BODY_BYTES = 100_000
+
+
+def small_callback() -> bytes:
+    sample = json.loads(JSON_SAMPLE)
+    sample["ConversationAnalysisModel"]["ID"] = str(uuid.uuid4())
+    return json.dumps(sample).encode()
 
 
 def padded_callback() -> bytes:
@@ -79,6 +87,40 @@ class TestBodyBudget:
         start_worker(worker_max_held_bytes=BODY_BYTES // 2, max_body_bytes=BODY_BYTES)
         await eventually(lambda: _count_is(db, 3), what="the oversized callbacks stored", timeout=60)
         assert workers[0].bodies.peak == BODY_BYTES  # one at a time
+
+
+    async def test_handed_back_callbacks_are_never_dead_lettered(self, db, broker, amqp_url, start_worker, workers):
+        """Busy workers with room for two maximum-size callbacks each hand deliveries back over and
+        over; a callback handed back never failed, so the queue's delivery limit must not count it.
+        (A policy lowers the limit to 1 here: each hand-back by requeue would count.)"""
+        rounds, small, big = 8, 20, 5
+        vhost = amqp_url.rsplit("/", 1)[1]
+        policy = ["rabbitmqctl", "-q", "set_policy", "-p", vhost, "low-delivery-limit", "^flowscribe\\.callbacks$",
+                  '{"delivery-limit": 1}', "--apply-to", "queues"]
+        await asyncio.to_thread(subprocess.run, policy, check=True, capture_output=True)
+        try:
+            # Runs of small callbacks widen the workers' credit; the maximum-size ones after them
+            # then arrive more at once than the budget holds, and go back to the queue.
+            for _ in range(rounds):
+                for _ in range(small):
+                    await publish_as_gateway(broker, small_callback(), received_at=T0)
+                for _ in range(big):
+                    await publish_as_gateway(broker, padded_callback(), received_at=T0)
+            for _ in range(2):
+                start_worker(worker_max_held_bytes=2 * BODY_BYTES, max_body_bytes=BODY_BYTES, batch_wait=0.05,
+                             batch_size=5)
+            n = rounds * (small + big)
+
+            async def accounted() -> bool:  # stored, or dead-lettered by the broker
+                dead = await queue_depth(broker, topology.DEAD_LETTER_QUEUE)
+                return await db.fetchval("SELECT count(*) FROM flowscribe.callbacks") + dead == n
+            await eventually(accounted, what="every callback stored or dead-lettered", timeout=90)
+        finally:
+            await asyncio.to_thread(subprocess.run, ["rabbitmqctl", "-q", "clear_policy", "-p", vhost,
+                                                     "low-delivery-limit"], check=True, capture_output=True)
+        assert sum(w.bodies.handed_back for w in workers) > 0, "nothing was handed back: the test proves nothing"
+        dead = await queue_depth(broker, topology.DEAD_LETTER_QUEUE)
+        assert dead == 0, f"{dead} callbacks dead-lettered that never failed"
 
 
 class TestRowBudget:

@@ -55,7 +55,7 @@ from worker.drift_log import DriftLog
 from worker.failures import Fault
 from worker.landing import Landing
 from worker.metrics import WorkerMetrics
-from worker.moving import attempts_so_far, dead_letter, retry_later
+from worker.moving import attempts_so_far, dead_letter, hand_back, retry_later
 from worker.tracing import for_worker
 
 log = logging.getLogger("worker")
@@ -184,7 +184,7 @@ class Worker:
         if not self.bodies.admit(len(message.body)):
             # Past the byte budget: straight back to the queue (for another worker,
             # or this one once it has room), and no more credit until then.
-            await self._nack(message)
+            await self._hand_back(message)
             self._resubscribe_soon()
             return
         await self._inbox.put(message)
@@ -457,6 +457,19 @@ class Worker:
         log.error(f"{failed}; the message goes back to the queue",
                   extra={"message_id": message.message_id, "reason": describe(exc)})
         await self._nack(message)
+
+    async def _hand_back(self, message: AbstractIncomingMessage) -> None:
+        """Back to the queue as a copy (worker.moving.hand_back: no delivery counted against it);
+        requeued instead if the copy is not confirmed."""
+        try:
+            if self._broker is None:
+                raise BrokerUnavailable("no broker session")
+            _channel, declared = self._broker.usable()
+            await hand_back(declared, message, timeout=self._settings.publish_timeout)
+        except Exception:  # noqa: BLE001 - the requeue still loses nothing
+            await self._nack(message)
+            return
+        self._settled(message)
 
     async def _nack(self, message: AbstractIncomingMessage) -> None:
         """Return ``message`` to the queue, if its channel still can (else the broker already has)."""

@@ -1,4 +1,4 @@
-"""Move a message elsewhere (dead-letter queue, retry queue), losing nothing on the way.
+"""Move a message elsewhere (dead-letter queue, retry queue, back to its own queue), losing nothing on the way.
 
 RabbitMQ's own dead-lettering (a reject) cannot add headers, so we publish a copy
 ourselves, with the original body and properties plus headers saying why, when
@@ -116,3 +116,21 @@ async def retry_later(
         outcome="retried",
     )
     return delay
+
+
+# Set by a quorum queue on each delivery; a copy starts its own count.
+DELIVERY_COUNT_HEADER = "x-delivery-count"
+
+
+async def hand_back(declared: Topology, message: AbstractIncomingMessage, *, timeout: float) -> None:
+    """Back to the callbacks queue as a new message (the worker has no room for it now).
+
+    Not a requeue: the quorum queue counts every requeue toward its delivery
+    limit, so a large callback handed back often enough by busy workers was
+    dead-lettered as ``delivery_limit`` without ever having failed. A copy
+    starts its count afresh; should the original come back as well (the ack
+    lost), the store knows its message id.
+    """
+    headers = {k: v for k, v in (message.headers or {}).items() if k != DELIVERY_COUNT_HEADER}
+    await move(message, republishable(message, headers), declared.callback_exchange,
+               topology.CALLBACK_ROUTING_KEY, timeout, traced_as="hand back", outcome="handed_back")

@@ -61,6 +61,8 @@ class History:
     attempts: int = 0
     statuses: Counter[str] = dataclasses.field(default_factory=Counter)
     slowest_refusal: float = 0.0  # seconds: how long the longest non-2xx answer (or failure) took
+    slowest_ok: float = 0.0  # seconds: the longest any callback waited for its 2xx (a held publish)
+    ok_latencies: list[tuple[float, float]] = dataclasses.field(default_factory=list)  # (answered at, seconds)
     first_ok_after: dict[str, float] = dataclasses.field(default_factory=dict)  # marks -> monotonic time
     marks: dict[str, float] = dataclasses.field(default_factory=dict)
     ok_times: list[float] = dataclasses.field(default_factory=list)  # monotonic time of every 2xx
@@ -84,6 +86,12 @@ class History:
         for name, marked in self.marks.items():
             if name not in self.first_ok_after and at >= marked:
                 self.first_ok_after[name] = at
+
+    @property
+    def refusals(self) -> int:
+        """Answers that were neither 2xx nor 4xx: 503s, and requests that failed or timed out.
+        Each may be a callback the sender never sends again (Flowscribe documents no retry)."""
+        return sum(n for status, n in self.statuses.items() if not status.startswith(("2", "4")))
 
     def ids(self, result: str) -> set[uuid.UUID]:
         return {k for k, v in self.results.items() if v == result}
@@ -184,6 +192,9 @@ async def send_callbacks(
                     history.statuses[str(response.status)] += 1
                     if 200 <= response.status < 300:
                         history._answered_ok(time.monotonic())
+                        waited = time.monotonic() - started
+                        history.slowest_ok = max(history.slowest_ok, waited)
+                        history.ok_latencies.append((started + waited, waited))
                         return "ok"
                     if 400 <= response.status < 500:
                         return "failed"

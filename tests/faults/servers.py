@@ -683,6 +683,27 @@ class PrivateRabbitMQCluster:
             raise RuntimeError(f"no leader known for {queue}")
         return leaders[0]
 
+    def move_leader(self, queue: str, nodename: str, vhost: str = "/", timeout: float = 60.0) -> None:
+        """Make ``nodename`` the leader of a quorum queue (Ra's own leadership transfer)."""
+        code = (
+            f"{{ok, Q}} = rabbit_amqqueue:lookup(rabbit_misc:r(<<\"{vhost}\">>, queue, <<\"{queue}\">>)), "
+            "{RaName, Leader} = amqqueue:get_pid(Q), "
+            f"ra:transfer_leadership({{RaName, Leader}}, {{RaName, '{nodename}'}})."
+        )
+        deadline = time.monotonic() + timeout
+        said = ""
+        while True:
+            try:
+                if self.queue_leader(queue, vhost) == nodename:
+                    return
+                said = self.ctl("eval", code).strip()
+            except RuntimeError as e:
+                said = str(e)
+            if time.monotonic() > deadline:
+                status = self.quorum_status(queue, vhost)
+                raise RuntimeError(f"{nodename} did not become the leader of {queue}: {said}; members {status}")
+            time.sleep(0.5)
+
     def wait_until_clustered(self, timeout: float = 90.0) -> None:
         """Until every node runs and sees all the others (after a restart or a partition)."""
         deadline = time.monotonic() + timeout

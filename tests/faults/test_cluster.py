@@ -3,8 +3,11 @@
 Gateways and workers are given every node (the multi-URL settings), a
 retrying sender posts a steady load through two gateways, a node dies (or
 restarts, or is cut off), and the checker accounts for every callback as in
-test_faults. Besides the verdict each scenario reports the longest time
-without a 202 and without a commit from the fault on.
+test_faults. The cluster survives each of these faults, so each must also end
+with no callback refused (the gateways hold publishes meanwhile, see
+gateway.publish_hold); besides the verdict each scenario reports the refusals,
+the longest any callback waited for its 202, and the longest time without a 202
+and without a commit from the fault on.
 
 One cluster and one database pair serve every scenario (module fixtures);
 each scenario leaves them whole again for the next.
@@ -16,15 +19,16 @@ import asyncio
 import dataclasses
 import json
 import time
+import urllib.parse
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import aio_pika
 import asyncpg
 import pytest
 from aiohttp.test_utils import TestServer
 
-from gateway.app import create_app
+from gateway.app import BROKER, create_app
 from runtime.amqp import connect_any
 from schemas import topology
 from store.migrations import migrate
@@ -45,11 +49,15 @@ from tests.faults.servers import (
     PrivateRabbitMQ,
     PrivateRabbitMQCluster,
 )
-from tests.support import TOKEN
+from tests.support import TOKEN, eventually
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(240)]
 
 RATE = 80  # callbacks/s: steady, and light enough for this shared 2-core machine
+# After moving a queue's leader, before killing it: a leader killed within a second of its
+# election left the queue leaderless for ~30 s here (Ra's followers wait out their election
+# timeout), which is not the failure the scenario is about.
+LEADER_SETTLE = 3.0
 
 
 @pytest.fixture(scope="module")
@@ -118,8 +126,10 @@ class Stack:
 
 
 def report(scenario: str, verdict, history: History, commits: CommitWatch, fault: str, *, must_pass: bool = True,
-           extra: dict | None = None) -> None:
+           extra: dict | None = None, refuse_nothing: bool = False) -> None:
     figures = {
+        "refusals": history.refusals,
+        "longest_wait_for_202_s": round(history.slowest_ok, 2),
         "no_202_for_s": history.longest_gap(fault),
         "no_commit_for_s": commits.longest_stall(history.marks.get(fault)),
         "answers": dict(history.statuses),
@@ -130,21 +140,32 @@ def report(scenario: str, verdict, history: History, commits: CommitWatch, fault
     print(line)
     if must_pass:
         assert verdict.passed, line
+    if refuse_nothing:
+        assert history.refusals == 0, f"the cluster survived, yet callbacks were refused: {line}"
 
 
-async def _run_broker_fault(settings, http, db, cluster, _channel, fault, scenario: str, *, seconds: float = 6.0,
-                            extra=None) -> None:
-    """A steady load through the stack on the cluster; ``fault`` (blocking, run in a thread) mid-way."""
+Fault = Callable[[Stack], dict | None]
+
+
+async def _run_broker_fault(settings, http, db, cluster, _channel, fault: Fault, scenario: str, *,
+                            seconds: float = 6.0, extra=None) -> None:
+    """A steady load through the stack on the cluster; ``fault`` (blocking, run in a thread) mid-way.
+
+    The cluster survives every fault here, so no callback may be refused: the
+    gateways hold what the broker does not confirm meanwhile (the default hold),
+    and the sender waits for an answer as long as .NET's HttpClient would.
+    """
     running = dataclasses.replace(settings, amqp_url=cluster.urls, publish_timeout=2.0)
     history = History()
     done = asyncio.Event()
     async with Stack(running) as stack, CommitWatch(db) as commits:
+        await _all_connected(stack)
         sending = asyncio.create_task(send_callbacks(
-            http, stack.urls, 100_000, concurrency=8, rate=RATE, request_timeout=5.0, retry_for=90.0,
+            http, stack.urls, 100_000, concurrency=8, rate=RATE, request_timeout=100.0, retry_for=120.0,
             history=history, until=done))
         await asyncio.sleep(2.0)  # fault cadence: the load is flowing
         history.mark("fault")
-        details = await asyncio.to_thread(fault)
+        details = await asyncio.to_thread(fault, stack)
         await asyncio.sleep(seconds)  # the load goes on after the fault, to show it flows again
         done.set()
         await sending
@@ -154,7 +175,22 @@ async def _run_broker_fault(settings, http, db, cluster, _channel, fault, scenar
             await wait_until_accounted(history, db, channel)
             await stack.stop_workers()
             verdict = await check(history, db, channel)
-    report(scenario, verdict, history, commits, "fault", extra={**(details or {}), **(extra or {})})
+    report(scenario, verdict, history, commits, "fault", extra={**(details or {}), **(extra or {})},
+           refuse_nothing=True)
+
+
+async def _all_connected(stack: Stack) -> None:
+    async def connected() -> bool:
+        return all(gateway.app[BROKER].ready for gateway in stack.gateways)
+    await eventually(connected, what="the gateways to connect")
+
+
+def _gateway_node(cluster: PrivateRabbitMQCluster, stack: Stack) -> PrivateRabbitMQ:
+    """The node the first gateway is connected to."""
+    url = stack.gateways[0].app[BROKER].url
+    assert url is not None, "the gateway is not connected"
+    port = urllib.parse.urlsplit(url).port
+    return next(node for node in cluster.nodes if node.port == port)
 
 
 def _busiest(cluster: PrivateRabbitMQCluster) -> tuple[PrivateRabbitMQ, dict[str, int]]:
@@ -163,12 +199,31 @@ def _busiest(cluster: PrivateRabbitMQCluster) -> tuple[PrivateRabbitMQ, dict[str
 
 
 class TestRabbitMQCluster:
-    """In this order: the faults the cluster heals by itself first, the last kill needs no restore."""
+    """In this order: the worst kill on the fresh cluster, then the faults the cluster heals by
+    itself, then the kills; the last kill needs no restore."""
+
+    async def test_kill_9_the_node_of_both_gateway_and_leader(self, settings, http, db, cluster, cluster_channel):
+        """First, on the fresh cluster: the worst case measured outside, the gateway's connection and
+        the queue's leader gone at once. (Run after the other kills, whose nodes were restarted, the
+        queue was twice left without a leader for minutes on this machine: see the closing note.)"""
+        def fault(stack: Stack) -> dict:
+            victim = _gateway_node(cluster, stack)
+            cluster.move_leader(topology.CALLBACK_QUEUE, victim.nodename)
+            time.sleep(LEADER_SETTLE)
+            victim.kill()
+            return {"killed": "the node of the gateway and the leader"}
+
+        try:
+            await _run_broker_fault(settings, http, db, cluster, cluster_channel, fault,
+                                    "cluster: kill -9 the node of both the gateway and the queue's leader",
+                                    seconds=4.0)
+        finally:
+            await asyncio.to_thread(_restore, cluster)
 
     async def test_one_node_partitioned_then_healed(self, settings, http, db, cluster, cluster_channel):
         cut_for = 6.0
 
-        def fault() -> dict:
+        def fault(stack: Stack) -> dict:
             victim, counts = _busiest(cluster)
             cluster.partition(victim, cut_for)
             return {"partitioned_s": cut_for, "connections_per_node": sorted(counts.values(), reverse=True)}
@@ -180,32 +235,26 @@ class TestRabbitMQCluster:
             await asyncio.to_thread(cluster.wait_until_clustered)
 
     async def test_rolling_restart(self, settings, http, db, cluster, cluster_channel):
-        """Each node's RabbitMQ application restarted in turn (``stop_app``, ``start_app``).
-
-        To the clients that is what a node restart is (every connection closed,
-        the queue's member on it gone and back); restarting the Erlang VM too
-        (``PrivateRabbitMQ.restart``) took 16-39 s per node on the shared test
-        machine, with the same figures otherwise.
-        """
-        def fault() -> dict:
+        """Each node restarted in turn, its Erlang VM too (``rabbitmqctl stop``, then start), as an
+        upgrade or a host's reboot does: every connection to it closed, its queue member gone and back."""
+        def fault(stack: Stack) -> dict:
             took = []
             for node in cluster.nodes:
                 began = time.monotonic()
-                node.ctl("stop_app")
-                node.ctl("start_app")
+                node.restart()
                 cluster.wait_until_clustered()
                 took.append(round(time.monotonic() - began, 1))
             return {"restart_s": took}
 
         await _run_broker_fault(settings, http, db, cluster, cluster_channel, fault,
-                                "cluster: rolling restart of 3 nodes", seconds=2.0)
+                                "cluster: rolling restart of 3 nodes (Erlang VMs)", seconds=2.0)
 
     async def test_kill_9_the_callbacks_queue_leader(self, settings, http, db, cluster, cluster_channel):
         # The broker's default gave the queue a member on every node (nothing in our arguments asks for it).
         members = await asyncio.to_thread(cluster.quorum_status, topology.CALLBACK_QUEUE)
         assert set(members) == {node.nodename for node in cluster.nodes}, members
 
-        def fault() -> dict:
+        def fault(stack: Stack) -> dict:
             leader = cluster.queue_leader(topology.CALLBACK_QUEUE)
             cluster.node(leader).kill()
             return {"queue_members": len(members), "killed": "leader"}
@@ -216,16 +265,19 @@ class TestRabbitMQCluster:
         finally:
             await asyncio.to_thread(_restore, cluster)
 
-    async def test_kill_9_the_node_most_processes_use(self, settings, http, db, cluster, cluster_channel):
-        """Last: the dead node stays dead (the module's cluster is thrown away next)."""
-        def fault() -> dict:
-            victim, counts = _busiest(cluster)
+    async def test_kill_9_the_gateways_node(self, settings, http, db, cluster, cluster_channel):
+        """Last: the dead node stays dead (the module's cluster is thrown away next). The node a
+        gateway publishes through dies; the queue's leader is elsewhere."""
+        def fault(stack: Stack) -> dict:
+            victim = _gateway_node(cluster, stack)
+            other = next(node for node in cluster.nodes if node is not victim)
+            cluster.move_leader(topology.CALLBACK_QUEUE, other.nodename)
+            time.sleep(LEADER_SETTLE)
             victim.kill()
-            return {"connections_per_node": sorted(counts.values(), reverse=True)}
+            return {"killed": "the gateway's node, not the leader's"}
 
         await _run_broker_fault(settings, http, db, cluster, cluster_channel, fault,
-                                "cluster: kill -9 the busiest broker node", seconds=4.0)
-
+                                "cluster: kill -9 the gateway's node", seconds=4.0)
 
 def _restore(cluster: PrivateRabbitMQCluster) -> None:
     for node in cluster.nodes:
