@@ -45,6 +45,11 @@ class GatewayMetrics:
         )
         for result in ("confirmed", "expired"):
             self.publish_hold_seconds.labels(result)
+        self.broker_renewals = Counter(
+            PREFIX + "broker_connection_renewals",
+            "Broker connections given up for a new one because the broker kept refusing their publishes.",
+            registry=self.registry,
+        )
 
     def count_responses(self, path_prefix: str) -> Middleware:
         """Middleware counting every answer to a request under ``path_prefix``, by status only."""

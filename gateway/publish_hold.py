@@ -45,6 +45,12 @@ log = logging.getLogger("gateway")
 # at once; never so long that a publish waits much past the broker's return.
 FIRST_PAUSE = 0.05
 MAX_PAUSE = 0.5
+# A connection whose publishes the broker has kept refusing this long, while a
+# publish was held all along, is given up for a new one (BrokerSession.renew).
+# Long enough that a leader election (nacks for 11-12 s at worst, measured) costs
+# at most a couple of reconnects; short against the hold. One held publish asks,
+# and a connection younger than this is never given up: one renewal per period.
+RENEW_AFTER = 5.0
 # Of the shutdown timeout, what is kept for answering once the hold gives up:
 # aiohttp cancels handlers still running at the timeout, and a cancelled
 # request gets no answer at all, where a 503 at least tells the sender.
@@ -135,7 +141,19 @@ class PublishHold:
                 return
             except PublishFailed as e:
                 reason = str(e)
+            self._renew_if_stuck(broker, reason, began)
             pause = min(pause * 2, MAX_PAUSE)
+
+    def _renew_if_stuck(self, broker: BrokerSession[Topology], reason: str, began: float) -> None:
+        """A connection the broker refuses for RENEW_AFTER while up is traded for a new one."""
+        if self._clock() - began < RENEW_AFTER or broker.up_for() < RENEW_AFTER:
+            return
+        if broker.renew(f"publishes refused for {RENEW_AFTER:g} s: {reason}"):
+            self._metrics.broker_renewals.inc()
+            log.warning(
+                "publishes held: the broker keeps refusing this connection; making a new one",
+                extra={"reason": reason, "refused_for_s": RENEW_AFTER},
+            )
 
     async def _before_next_attempt(self, broker: BrokerSession[Topology], pause: float, left: float) -> None:
         """``pause`` while connected; else until the broker session is back (it reconnects by

@@ -241,3 +241,38 @@ async def _logged(caplog: pytest.LogCaptureFixture, message: str, reason: str) -
 
 async def _stored(db: asyncpg.Pool, analysis_id: uuid.UUID) -> bool:
     return bool(await db.fetchval("SELECT count(*) FROM flowscribe.analyses WHERE id = $1", analysis_id))
+
+
+class TestRenewal:
+    async def test_a_renewed_session_makes_a_new_connection(self, amqp_url):
+        session = BrokerSession(amqp_url, "test", declare=topology.declare)
+        assert not session.renew("not connected yet"), "nothing to renew before the first connection"
+        async with session:
+            await session.wait_ready(10)
+            old = session._connection
+            assert session.up_for() >= 0.0
+            assert session.renew("the broker keeps refusing this channel")
+            await eventually(lambda: _ready_again(session), timeout=10, what="a new connection")
+            assert session._connection is not old and old is not None and old.is_closed
+
+    async def test_a_hold_refused_on_a_connection_that_is_up_trades_it_for_a_new_one(self, amqp_url, monkeypatch):
+        """Publishes nacked on an open channel for RENEW_AFTER (a quorum queue's leader died and
+        the channel never learns of the new one): the hold asks for a new connection, once."""
+        from gateway import publish_hold
+        from gateway.metrics import GatewayMetrics
+        from gateway.publisher import PublishFailed
+
+        monkeypatch.setattr(publish_hold, "RENEW_AFTER", 0.3)
+        async with BrokerSession(amqp_url, "test", declare=topology.declare) as session:
+            await session.wait_ready(10)
+
+            async def refused_until_renewed(broker, message, timeout):
+                if broker.connects < 2:
+                    raise PublishFailed("DeliveryError: Basic.Nack")
+
+            metrics = GatewayMetrics()
+            hold = publish_hold.PublishHold(refused_until_renewed, hold_seconds=10, attempt_timeout=1,
+                                            metrics=metrics)
+            await hold.publish(session, aio_pika.Message(b"{}"))
+            assert session.connects == 2
+            assert metrics.broker_renewals._value.get() == 1
