@@ -1,4 +1,4 @@
-"""The console's audit trail in PostgreSQL (``flowscribe.console_audit``, migration 0009).
+"""The console's audit trail in PostgreSQL (``flowscribe.console_audit``, migration 0008).
 
 One row per login, logout, preview, action and its result, export and
 download, written by console.audit; read newest first, a page at a time

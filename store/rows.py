@@ -27,7 +27,7 @@ CHILD_COLUMNS: dict[str, tuple[str, list[str]]] = {
 
 CALLBACK_COLUMNS = [
     "id", "received_at", "content_type", "body_sha256", "body", "outcome", "analysis_id", "job_id",
-    "trace_id",  # migration 0010
+    "trace_id",  # migration 0009
 ]
 ANALYSIS_COLUMNS = [
     "id", "job_id", "conversation_text", "language_code", "date_created", "received_at", "callback_id",

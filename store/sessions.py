@@ -1,4 +1,4 @@
-"""The console's sessions in PostgreSQL (``flowscribe.console_sessions``, migration 0009).
+"""The console's sessions in PostgreSQL (``flowscribe.console_sessions``, migration 0008).
 
 Rows are found by ``key``, a keyed digest of the cookie's session id that the
 caller computes (console.sessions): the table never holds a usable cookie. A
